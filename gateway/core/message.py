@@ -1,0 +1,139 @@
+"""The values that flow through the gateway.
+
+A device's MQTT publish becomes one `RawMessage`; decoding turns it into zero or more
+`Reading` values (valid) or exactly one `DeadLetter` (invalid). Readings and dead letters
+travel on internal topics as the `data` of bus messages (`gateway.core.bus`).
+
+These are plain slotted dataclasses: they are created on the hot path, so they do no
+validation of their own. Validation happens once, in `gateway.validation`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+FieldValue = float | int | bool | str
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """One MQTT publish as the ingress saw it.
+
+    `received_ns` is the gateway's wall clock (epoch nanoseconds) when the publish arrived.
+    `client_id` is known in embedded mode (the publishing device's MQTT client id) and None
+    in client mode (an external broker does not tell subscribers who published).
+    """
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    received_ns: int = field(default_factory=time.time_ns)
+    client_id: str | None = None
+
+
+@dataclass(slots=True)
+class Reading:
+    """One validated point: what a time-series store stores.
+
+    Identity (for idempotent writes) is `measurement` + `tags` + `time_ns`: writing the
+    same reading twice overwrites it instead of duplicating it.
+    `device_id` is also present in `tags["device_id"]`; it is kept apart as the ordering key.
+    """
+
+    measurement: str
+    device_id: str
+    tags: dict[str, str]
+    fields: dict[str, FieldValue]
+    time_ns: int
+    received_ns: int = 0
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message the gateway could not take, with the reason why.
+
+    `source` names the stage that refused it (for example `validation`, `routing`,
+    `sink:tsdb`); `reason` names the field and what was wrong, in words an operator can act on.
+    """
+
+    topic: str
+    payload: bytes
+    reason: str
+    source: str
+    received_ns: int
+    client_id: str | None = None
+    attempts: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready form written to the dead-letter file.
+
+        The payload is kept as text when it is valid UTF-8 (`payload_encoding: utf-8`),
+        otherwise base64 (`payload_encoding: base64`), so nothing of it is lost.
+        """
+        try:
+            payload_text = self.payload.decode("utf-8")
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            payload_text = base64.b64encode(self.payload).decode("ascii")
+            encoding = "base64"
+        return {
+            "received_ns": self.received_ns,
+            "received_at": _iso(self.received_ns),
+            "topic": self.topic,
+            "source": self.source,
+            "reason": self.reason,
+            "client_id": self.client_id,
+            "attempts": self.attempts,
+            "payload": payload_text,
+            "payload_encoding": encoding,
+        }
+
+
+def _iso(ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="microseconds")
+
+
+def dead_letter_for(data: object, reason: str, source: str, attempts: int = 0) -> DeadLetter:
+    """Wrap whatever travelled on the bus as a `DeadLetter`, keeping all of it.
+
+    A `DeadLetter` is returned with the new reason appended; a `Reading` is serialised to
+    JSON as its payload (topic `reading/<measurement>/<device_id>`); anything else is
+    serialised with orjson's default rules.
+    """
+    import orjson
+
+    if isinstance(data, DeadLetter):
+        return DeadLetter(
+            topic=data.topic,
+            payload=data.payload,
+            reason=f"{data.reason}; {reason}",
+            source=source,
+            received_ns=data.received_ns,
+            client_id=data.client_id,
+            attempts=attempts,
+        )
+    if isinstance(data, Reading):
+        payload = orjson.dumps(
+            {"measurement": data.measurement, "tags": data.tags, "fields": data.fields, "time_ns": data.time_ns}
+        )
+        return DeadLetter(
+            topic=f"reading/{data.measurement}/{data.device_id}",
+            payload=payload,
+            reason=reason,
+            source=source,
+            received_ns=data.received_ns or time.time_ns(),
+            attempts=attempts,
+        )
+    return DeadLetter(
+        topic="unknown",
+        payload=orjson.dumps(data, default=repr),
+        reason=reason,
+        source=source,
+        received_ns=time.time_ns(),
+        attempts=attempts,
+    )
