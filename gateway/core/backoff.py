@@ -15,8 +15,8 @@ def backoff_delay(attempt: int, minimum: timedelta, maximum: timedelta, rng: ran
     """
     lo = minimum.total_seconds()
     hi = maximum.total_seconds()
-    ceiling = min(hi, lo * (2 ** max(0, attempt - 1)))
-    r = (rng or random).random()
+    ceiling: float = min(hi, lo * (2 ** max(0, attempt - 1)))
+    r: float = (rng or random).random()
     return ceiling / 2 + r * ceiling / 2
 
 

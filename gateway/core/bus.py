@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from gateway.core.duration import Duration
+
 
 class BatchPolicy(BaseModel):
     """How many messages a consumer receives at once, and how long it waits for them."""
@@ -45,7 +47,7 @@ class BatchPolicy(BaseModel):
 
     max_messages: PositiveInt = Field(1000, description="Most messages in one batch.")
     max_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Most payload bytes in one batch.")
-    max_latency: timedelta = Field(
+    max_latency: Duration = Field(
         timedelta(milliseconds=200), description="Longest wait for a batch to fill once it has a message."
     )
 
@@ -57,11 +59,13 @@ class SubscriptionConfig(BaseModel):
 
     name: str
     topic: str
-    ack_deadline: timedelta = Field(timedelta(seconds=30), description="Redeliver a leased message not acked by then.")
-    min_backoff: timedelta = Field(timedelta(milliseconds=100), description="First redelivery delay after a nack.")
-    max_backoff: timedelta = Field(timedelta(seconds=60), description="Cap of the exponential redelivery delay.")
+    ack_deadline: Duration = Field(timedelta(seconds=30), description="Redeliver a leased message not acked by then.")
+    min_backoff: Duration = Field(timedelta(milliseconds=100), description="First redelivery delay after a nack.")
+    max_backoff: Duration = Field(timedelta(seconds=60), description="Cap of the exponential redelivery delay.")
     max_delivery_attempts: PositiveInt = Field(5, description="Attempts before the message is dead-lettered.")
-    dead_letter_topic: str | None = Field("deadletter", description="Where exhausted messages go; null drops them (counted).")
+    dead_letter_topic: str | None = Field(
+        "deadletter", description="Where exhausted messages go; null drops them (counted)."
+    )
     ordering: bool = Field(False, description="Deliver messages of one ordering key (device) in order.")
     max_outstanding_messages: PositiveInt = Field(100_000, description="Messages held before publishers wait.")
     max_outstanding_bytes: PositiveInt = Field(64 * 1024 * 1024, description="Bytes held before publishers wait.")

@@ -20,37 +20,63 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         p = "gateway_"
         # ingress
-        self.messages_received = Counter(p + "messages_received", "MQTT messages received by the ingress.", ["ingress"], registry=r)
+        self.messages_received = Counter(
+            p + "messages_received", "MQTT messages received by the ingress.", ["ingress"], registry=r
+        )
         self.messages_valid = Counter(p + "messages_valid", "Messages that decoded and validated.", registry=r)
         self.messages_invalid = Counter(
             p + "messages_invalid", "Messages dead-lettered by the ingress, by reason code.", ["reason"], registry=r
         )
         self.readings_valid = Counter(p + "readings_valid", "Readings published to the telemetry topic.", registry=r)
-        self.broker_connected = Gauge(p + "broker_connected", "1 while the ingress is connected / listening.", registry=r)
+        self.broker_connected = Gauge(
+            p + "broker_connected", "1 while the ingress is connected / listening.", registry=r
+        )
         self.broker_reconnects = Counter(p + "broker_reconnects", "Reconnections to the external broker.", registry=r)
         # bus
-        self.bus_published = Counter(p + "bus_published", "Messages published per internal topic.", ["topic"], registry=r)
-        self.bus_backlog = Gauge(
-            p + "subscription_backlog", "Messages held by a subscription (waiting or leased).", ["subscription"], registry=r
+        self.bus_published = Counter(
+            p + "bus_published", "Messages published per internal topic.", ["topic"], registry=r
         )
-        self.bus_backlog_bytes = Gauge(p + "subscription_backlog_bytes", "Bytes held by a subscription.", ["subscription"], registry=r)
+        self.bus_backlog = Gauge(
+            p + "subscription_backlog",
+            "Messages held by a subscription (waiting or leased).",
+            ["subscription"],
+            registry=r,
+        )
+        self.bus_backlog_bytes = Gauge(
+            p + "subscription_backlog_bytes", "Bytes held by a subscription.", ["subscription"], registry=r
+        )
         self.bus_oldest_unacked = Gauge(
-            p + "subscription_oldest_unacked_age_seconds", "Age of the oldest unacked message.", ["subscription"], registry=r
+            p + "subscription_oldest_unacked_age_seconds",
+            "Age of the oldest unacked message.",
+            ["subscription"],
+            registry=r,
         )
         self.bus_dead_lettered = Gauge(
-            p + "subscription_dead_lettered", "Messages dead-lettered after max attempts (total).", ["subscription"], registry=r
+            p + "subscription_dead_lettered",
+            "Messages dead-lettered after max attempts (total).",
+            ["subscription"],
+            registry=r,
         )
         self.bus_expired = Gauge(
             p + "subscription_expired", "Leases that passed their ack deadline (total).", ["subscription"], registry=r
         )
         self.publish_blocked_seconds = Counter(
-            p + "publish_blocked_seconds", "Time publishers waited on a full subscription (backpressure).", ["topic"], registry=r
+            p + "publish_blocked_seconds",
+            "Time publishers waited on a full subscription (backpressure).",
+            ["topic"],
+            registry=r,
         )
         # sinks
         self.sink_written = Counter(p + "sink_written", "Items a sink accepted.", ["sink"], registry=r)
-        self.sink_failed = Counter(p + "sink_failed", "Items a sink rejected permanently (dead-lettered).", ["sink"], registry=r)
-        self.sink_retried = Counter(p + "sink_retried", "Items retried after a transient failure.", ["sink"], registry=r)
-        self.sink_batch_size = Histogram(p + "sink_batch_size", "Items per write.", ["sink"], buckets=BATCH_BUCKETS, registry=r)
+        self.sink_failed = Counter(
+            p + "sink_failed", "Items a sink rejected permanently (dead-lettered).", ["sink"], registry=r
+        )
+        self.sink_retried = Counter(
+            p + "sink_retried", "Items retried after a transient failure.", ["sink"], registry=r
+        )
+        self.sink_batch_size = Histogram(
+            p + "sink_batch_size", "Items per write.", ["sink"], buckets=BATCH_BUCKETS, registry=r
+        )
         self.sink_write_seconds = Histogram(
             p + "sink_write_seconds", "Duration of one write call.", ["sink"], buckets=LATENCY_BUCKETS, registry=r
         )
@@ -62,4 +88,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.dead_letters = Counter(p + "dead_letters", "Dead letters written, by source stage.", ["source"], registry=r)
+        self.dead_letters = Counter(
+            p + "dead_letters", "Dead letters written, by source stage.", ["source"], registry=r
+        )

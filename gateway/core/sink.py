@@ -6,13 +6,13 @@ what became of each. It never retries, sleeps, batches, or acks: the shared
 
 Outcome of a write, per item (the indices refer to the batch passed to `write`):
 
-* `accepted` – stored; the runner acks it.
-* `retry` – a transient failure (connection refused, 5xx, 429, 503); the runner retries
+* `accepted`: stored; the runner acks it.
+* `retry`: a transient failure (connection refused, 5xx, 429, 503); the runner retries
   the same items with jittered exponential backoff, or after `retry_after` when the
   destination said how long to wait. Retrying is never counted as a delivery attempt, so a
   destination that is down for an hour holds its backlog instead of dead-lettering it.
-* `split` – the batch was too large (413); the runner halves it and writes the halves.
-* `rejected` – permanent refusal of these items (other 4xx), with the destination's reason;
+* `split`: the batch was too large (413); the runner halves it and writes the halves.
+* `rejected`: permanent refusal of these items (other 4xx), with the destination's reason;
   the runner dead-letters them so they do not block the rest.
 
 A sink raising an exception from `write` is treated as `retry` for the whole batch with

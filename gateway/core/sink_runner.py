@@ -1,0 +1,298 @@
+"""The one loop that feeds a sink from a bus subscription and turns `WriteResult`s into acks.
+
+Sinks do I/O only (`gateway.core.sink`). The runner pulls batches (shaped by the
+subscription's `BatchPolicy`), makes at most `max_in_flight` write calls at once, retries
+transient failures with jittered backoff, halves batches that are too large,
+dead-letters permanent refusals, and acks. Guarantees:
+
+* At least once: a message is acked only when its own outcome is final (stored, or its
+  `DeadLetter` held by the bus on `dead_letter_topic`); a batch is settled per index.
+* Transient failures (`retry`, or an exception from `write`) are retried in place,
+  indefinitely, and are no delivery attempts: held messages get their lease extended every
+  `lease_extend_interval`, so a store down for an hour keeps its backlog on the bus.
+* `max_in_flight=1` writes batches strictly in pull order, each pulled once the previous
+  one is settled (within a batch, retried items may land after later ones).
+* `stop(drain_timeout)` lets in-flight writes and their retries finish until the timeout,
+  then cancels them; what was not settled stays unacked, for the bus to redeliver.
+
+Not promised: exactly once (a cancelled write, or a lease that expired anyway because
+`lease_extend_interval` exceeds the `ack_deadline`, is delivered again: sinks write
+idempotently). With `dead_letter_topic=None` a refused item is logged, counted, dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from gateway.core.backoff import Backoff
+from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
+from gateway.core.message import Reading, dead_letter_for
+from gateway.core.metrics import Metrics
+from gateway.core.runner_config import RunnerConfig
+from gateway.core.sink import Sink, WriteResult
+
+__all__ = ["RunnerConfig", "SinkRunner"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_Sorted = tuple[list[ReceivedMessage], list[tuple[ReceivedMessage, str]], list[ReceivedMessage], list[ReceivedMessage]]
+
+
+def _sort_out(msgs: list[ReceivedMessage], result: WriteResult) -> tuple[_Sorted, bool]:
+    """((accepted, rejected+reason, split, retry), malformed). A message goes to the first list naming
+    it, to retry if none does; `malformed` means the result did not list each index exactly once."""
+    n = len(msgs)
+    seen: set[int] = set()
+
+    def take(indices: list[int]) -> list[int]:
+        picked = sorted({i for i in indices if 0 <= i < n} - seen)
+        seen.update(picked)
+        return picked
+
+    accepted = [msgs[i] for i in take(result.accepted)]
+    fallback = result.reason or "rejected by the sink"
+    rejected = [(msgs[i], result.rejected[i] or fallback) for i in take(list(result.rejected))]
+    split = [msgs[i] for i in take(result.split)]
+    retry_idx = take(result.retry)
+    missing = sorted(set(range(n)) - seen)
+    retry = [msgs[i] for i in sorted(retry_idx + missing)]
+    listed = len(result.accepted) + len(result.rejected) + len(result.split) + len(result.retry)
+    return (accepted, rejected, split, retry), listed != n or bool(missing)
+
+
+class SinkRunner:
+    """Drives one sink from one subscription. Construction does no I/O; `run()` once, `stop()` any time."""
+
+    def __init__(self, sink: Sink, bus: Bus, subscription: str, metrics: Metrics, config: RunnerConfig) -> None:
+        self._sink = sink
+        self._bus = bus
+        self.subscription = subscription
+        self.config = config
+        self._written = metrics.sink_written.labels(sink.name)
+        self._failed = metrics.sink_failed.labels(sink.name)
+        self._retried = metrics.sink_retried.labels(sink.name)
+        self._batch_size = metrics.sink_batch_size.labels(sink.name)
+        self._write_seconds = metrics.sink_write_seconds.labels(sink.name)
+        self._healthy_gauge = metrics.sink_healthy.labels(sink.name)
+        self._ingest_to_stored = metrics.ingest_to_stored_seconds.labels(sink.name)
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._drain_deadline = 0.0
+        self._run_called = False
+        self._started = False
+        self._failing = False
+        self._traced = False
+        self._warned_malformed = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._held: set[int] = set()
+
+    @property
+    def name(self) -> str:
+        return self._sink.name
+
+    def healthy(self) -> bool:
+        """True once the sink started, while no write is failing and the sink says it is healthy."""
+        return self._started and not self._failing and self._sink.healthy()
+
+    async def stop(self, drain_timeout: timedelta) -> None:
+        """Stop pulling, drain in-flight writes until `drain_timeout`, cancel the rest, close the sink.
+
+        Returns when `run()` has returned. Idempotent (a later call's timeout is ignored);
+        before `run()` it makes `run()` return at once without starting the sink.
+        """
+        if not self._stopping.is_set():
+            self._drain_deadline = asyncio.get_running_loop().time() + drain_timeout.total_seconds()
+            self._stopping.set()
+        if self._run_called:
+            await self._finished.wait()
+
+    async def run(self) -> None:
+        """Start the sink (retried with backoff), then pull and write until `stop()` or `BusClosed`.
+
+        After `BusClosed` in-flight writes still finish (unless a `stop()` bounds them). The sink
+        is closed on the way out if `start()` succeeded (not after a `start()` cancelled by stop).
+        Bus errors other than `BusClosed` end `run()` with that error.
+        """
+        if self._run_called:
+            raise RuntimeError(f"SinkRunner {self.name}: run() may be called only once")
+        self._run_called = True
+        stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        try:
+            if not self._stopping.is_set() and await self._start_sink(stop_waiter):
+                async with asyncio.TaskGroup() as tg:
+                    extender = tg.create_task(self._extend_leases(), name=f"extend:{self.name}")
+                    await self._pull_loop(tg, stop_waiter)
+                    await self._drain(stop_waiter)
+                    extender.cancel()
+        finally:
+            stop_waiter.cancel()
+            try:
+                if self._started:
+                    await self._sink.close()
+            except Exception as exc:
+                self._log(logging.ERROR, "close failed: %r", exc, exc=exc)
+            finally:
+                self._started = False
+                self._healthy_gauge.set(0)
+                self._finished.set()
+
+    def _log(self, level: int, msg: str, *args: object, exc: BaseException | None = None) -> None:
+        log.log(level, "sink %s: " + msg, self.name, *args, exc_info=exc, extra={"sink": self.name})
+
+    async def _until_stopped(self, aw: Awaitable[T], stop_waiter: asyncio.Future[Any]) -> asyncio.Future[T]:
+        """Run `aw` until it finishes or `stop()` is called (then it is cancelled); return its future."""
+        fut = asyncio.ensure_future(aw)
+        either: set[asyncio.Future[Any]] = {fut, stop_waiter}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not fut.done():
+                fut.cancel()
+                await asyncio.wait({fut})
+        return fut
+
+    async def _start_sink(self, stop_waiter: asyncio.Future[Any]) -> bool:
+        backoff = Backoff(self.config.retry_min_backoff, self.config.retry_max_backoff)
+        while not self._stopping.is_set():
+            attempt = await self._until_stopped(self._sink.start(), stop_waiter)
+            if attempt.cancelled():
+                return False
+            if (exc := attempt.exception()) is None:
+                self._started = True
+                self._healthy_gauge.set(1)
+                if backoff.attempt:
+                    self._log(logging.INFO, "started after %d failed attempts", backoff.attempt)
+                return True
+            if not isinstance(exc, Exception):
+                raise exc
+            if backoff.attempt == 0:
+                self._log(logging.WARNING, "start failed, retrying with backoff: %r", exc, exc=exc)
+            await asyncio.wait({stop_waiter}, timeout=backoff.next_delay())
+        return False
+
+    async def _pull_loop(self, tg: asyncio.TaskGroup, stop_waiter: asyncio.Future[Any]) -> None:
+        while not self._stopping.is_set():
+            self._inflight = {t for t in self._inflight if not t.done()}
+            if len(self._inflight) >= self.config.max_in_flight:
+                await asyncio.wait({stop_waiter, *self._inflight}, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            pull = await self._until_stopped(self._bus.pull(self.subscription), stop_waiter)
+            if pull.cancelled():
+                return
+            try:
+                batch = pull.result()
+            except BusClosed:
+                self._log(logging.INFO, "bus closed, no more batches")
+                return
+            if batch:
+                self._inflight.add(tg.create_task(self._deliver(batch)))
+
+    async def _drain(self, stop_waiter: asyncio.Future[Any]) -> None:
+        pending = {t for t in self._inflight if not t.done()}
+        while pending and not self._stopping.is_set():  # ended by BusClosed: finish, unless stop() bounds it
+            await asyncio.wait({stop_waiter, *pending}, return_when=asyncio.FIRST_COMPLETED)
+            pending = {t for t in pending if not t.done()}
+        if pending:
+            timeout = max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        if pending:
+            self._log(logging.WARNING, "drain timeout: cancelling %d batches, left unacked", len(pending))
+            for task in pending:
+                task.cancel()
+
+    async def _extend_leases(self) -> None:
+        with contextlib.suppress(BusClosed):
+            while True:
+                await asyncio.sleep(self.config.lease_extend_interval.total_seconds())
+                if self._held:
+                    self._bus.extend(self.subscription, list(self._held))
+
+    async def _deliver(self, batch: list[ReceivedMessage]) -> None:
+        ids = [m.ack_id for m in batch]
+        self._held.update(ids)
+        try:
+            await self._write_until_settled(batch)
+        except BusClosed:
+            self._log(logging.WARNING, "bus closed while settling a batch; it stays unacked")
+        finally:
+            self._held.difference_update(ids)
+
+    async def _write_until_settled(self, msgs: list[ReceivedMessage]) -> None:
+        backoff = Backoff(self.config.retry_min_backoff, self.config.retry_max_backoff)
+        while msgs:
+            started = time.perf_counter()
+            try:
+                result, exc = await self._sink.write([m.data for m in msgs]), None
+            except Exception as e:
+                result, exc = WriteResult.retry_all(len(msgs), repr(e)), e
+            self._write_seconds.observe(time.perf_counter() - started)
+            self._batch_size.observe(len(msgs))
+            (accepted, rejected, split, retry), malformed = _sort_out(msgs, result)
+            if malformed and not self._warned_malformed:
+                self._warned_malformed = True
+                self._log(logging.ERROR, "returned a WriteResult that does not list every item once")
+            self._note_streak((result.reason or "the sink asked to retry") if retry else None, exc)
+            if accepted:
+                self._accept(accepted)
+            if rejected:
+                await self._reject(rejected)
+            if len(split) == 1:
+                await self._reject([(split[0], result.reason or "too large to write, even alone")])
+            elif split:
+                half = len(split) // 2
+                await self._write_until_settled(split[:half])
+                await self._write_until_settled(split[half:])
+            if not retry:
+                return
+            self._retried.inc(len(retry))
+            delay = backoff.next_delay()
+            if result.retry_after is not None:
+                delay = max(result.retry_after, self.config.retry_min_backoff).total_seconds()
+            await asyncio.sleep(delay)
+            msgs = retry
+
+    def _accept(self, msgs: list[ReceivedMessage]) -> None:
+        ids = [m.ack_id for m in msgs]
+        self._bus.ack(self.subscription, ids)
+        self._held.difference_update(ids)
+        self._written.inc(len(msgs))
+        now = time.time_ns()
+        for m in msgs:
+            data = m.data
+            if isinstance(data, Reading) and data.received_ns:
+                self._ingest_to_stored.observe((now - data.received_ns) / 1e9)
+
+    async def _reject(self, rejected: list[tuple[ReceivedMessage, str]]) -> None:
+        topic = self.config.dead_letter_topic
+        if topic is None:
+            reasons = "; ".join(sorted({reason for _, reason in rejected})[:3])
+            self._log(logging.ERROR, "refused %d items, no dead-letter topic: dropped: %s", len(rejected), reasons)
+        else:
+            dls = [dead_letter_for(m.data, why, source=f"sink:{self.name}", attempts=m.attempt) for m, why in rejected]
+            if not await self._bus.publish(topic, [OutgoingMessage(d, len(d.payload) + len(d.reason)) for d in dls]):
+                self._log(logging.ERROR, "no subscription on topic %s: %d dead letters dropped", topic, len(dls))
+        self._failed.inc(len(rejected))
+        ids = [m.ack_id for m, _ in rejected]
+        self._bus.ack(self.subscription, ids)
+        self._held.difference_update(ids)
+
+    def _note_streak(self, failure: str | None, exc: Exception | None) -> None:
+        """Warn once per failure streak (and once with a traceback), say when it recovers."""
+        if failure is None:
+            if self._failing:
+                self._log(logging.INFO, "recovered")
+                self._healthy_gauge.set(1)
+            self._failing = self._traced = False
+            return
+        trace = exc is not None and not self._traced
+        if not self._failing or trace:
+            self._log(logging.WARNING, "write failed, retrying: %s", failure, exc=exc if trace else None)
+        self._failing, self._traced = True, self._traced or trace
+        self._healthy_gauge.set(0)

@@ -1,0 +1,296 @@
+"""InfluxDB line protocol: a fast, strict encoder for `Reading` and a parser of the same grammar.
+
+Encoding guarantees (checked against the InfluxDB 2.x/3.x and VictoriaMetrics parsers):
+
+* measurement: `,`, space and `\\` are escaped; tag keys, tag values and field keys: `,`,
+  `=`, space and `\\`; string field values: `"` and `\\`. Escaping backslashes as `\\\\` is
+  what makes names ending in a backslash, or holding `\\,`, round-trip.
+* tags are sorted by key; tags with an empty value are omitted (InfluxDB rejects them).
+* integers end in `i` and must fit in int64; bools are `true`/`false`; floats use `repr()`
+  (`1.0`, `1e+20`, `-0.0`), which round-trips exactly.
+* the timestamp is `Reading.time_ns`, converted to the requested precision by floor division.
+
+Refused with `LineProtocolError` (a `ValueError` naming the part): a newline or carriage
+return anywhere, an empty measurement / tag key / field key, a measurement starting with
+`#` (a comment line), no fields, NaN or infinite floats, integers outside int64, and field
+values of other types. Not checked: InfluxDB's naming conventions (keys starting with `_`,
+a field named `time`); the server decides about those.
+
+`encode_lines` (what sinks use) leaves out, with the reason, each item that cannot be
+encoded, including text with lone surrogates (not UTF-8), and keeps the rest.
+`parse_line` accepts exactly the encoder's grammar: `parse_line(encode_reading(r))` gives
+back the reading's parts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+from gateway.core.message import FieldValue, Reading
+
+Precision = Literal["ns", "us", "ms", "s"]
+
+_DIVISOR: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+_MEASUREMENT_TABLE = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\"})
+_KEY_TABLE = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\"})
+_STRING_TABLE = str.maketrans({'"': '\\"', "\\": "\\\\"})
+_MEASUREMENT_SPECIAL = re.compile(r"[, \\\n\r]")
+_KEY_SPECIAL = re.compile(r"[,= \\\n\r]")
+_STRING_SPECIAL = re.compile(r'["\\\n\r]')
+
+# Escaped names are cached: measurements, tag keys/values and field keys repeat endlessly.
+_CACHE_LIMIT = 50_000
+_measurement_cache: dict[str, str] = {}
+_key_cache: dict[str, str] = {}
+_prefix_cache: dict[str, str] = {}
+_head_cache: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+
+class LineProtocolError(ValueError):
+    """A reading that line protocol cannot represent; the message names the part."""
+
+
+def _newline_check(value: str, part: str) -> None:
+    if "\n" in value or "\r" in value:
+        raise LineProtocolError(f"{part} {value!r} contains a newline, which line protocol cannot represent")
+
+
+def _escape_measurement(name: str) -> str:
+    cached = _measurement_cache.get(name)
+    if cached is not None:
+        return cached
+    if not name:
+        raise LineProtocolError("measurement is empty")
+    if name[0] == "#":
+        raise LineProtocolError(f"measurement {name!r} starts with '#', which line protocol reads as a comment")
+    escaped = name
+    if _MEASUREMENT_SPECIAL.search(name) is not None:
+        _newline_check(name, "measurement")
+        escaped = name.translate(_MEASUREMENT_TABLE)
+    if len(_measurement_cache) < _CACHE_LIMIT:
+        _measurement_cache[name] = escaped
+    return escaped
+
+
+def _escape_key(name: str, part: str, tag: str | None = None) -> str:
+    """Escape a tag key, tag value or field key; `part` (and `tag`, for a tag value) name it in errors."""
+    cached = _key_cache.get(name)
+    if cached is not None:
+        return cached
+    label = part if tag is None else f"{part} of tag {tag!r}"
+    if not name:
+        raise LineProtocolError(f"{label} is empty")
+    escaped = name
+    if _KEY_SPECIAL.search(name) is not None:
+        _newline_check(name, label)
+        escaped = name.translate(_KEY_TABLE)
+    if len(_key_cache) < _CACHE_LIMIT:
+        _key_cache[name] = escaped
+    return escaped
+
+
+def _field_value(key: str, value: object) -> str:
+    """The slow path of field formatting: every type, with the errors."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise LineProtocolError(f"field {key!r} = {value} does not fit in a 64-bit integer")
+        return f"{int(value)}i"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise LineProtocolError(f"field {key!r} is {value!r}; line protocol has no NaN or infinity")
+        return repr(float(value))
+    if isinstance(value, str):
+        text = str(value)
+        if _STRING_SPECIAL.search(text) is not None:
+            _newline_check(text, f"string value of field {key!r}")
+            text = text.translate(_STRING_TABLE)
+        return f'"{text}"'
+    raise LineProtocolError(f"field {key!r} is of type {type(value).__name__}; expected float, int, bool or str")
+
+
+def _head(measurement: str, tags: dict[str, str]) -> str:
+    """`measurement,k=v,...` with sorted, escaped tags (empty values omitted)."""
+    parts = [_escape_measurement(measurement)]
+    for key in sorted(tags):
+        value = tags[key]
+        if value == "":
+            continue
+        parts.append(f",{_escape_key(key, 'tag key')}={_escape_key(value, 'value', key)}")
+    return "".join(parts)
+
+
+def encode_reading(r: Reading, precision: Precision = "ns") -> str:
+    """One line (without a trailing newline) for `r`; raises `LineProtocolError`."""
+    try:
+        head_key = (r.measurement, tuple(r.tags.items()))
+        head = _head_cache.get(head_key)
+        if head is None:
+            head = _head(r.measurement, r.tags)
+            if len(_head_cache) < _CACHE_LIMIT:
+                _head_cache[head_key] = head
+        fields = r.fields
+        if not fields:
+            raise LineProtocolError(f"reading of measurement {r.measurement!r} has no fields")
+        line = head
+        sep = " "
+        for key, value in fields.items():
+            prefix = _prefix_cache.get(key)
+            if prefix is None:
+                prefix = _escape_key(key, "field key") + "="
+                if len(_prefix_cache) < _CACHE_LIMIT:
+                    _prefix_cache[key] = prefix
+            if type(value) is float and value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+                line += sep + prefix + repr(value)
+            elif type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+                line += f"{sep}{prefix}{value}i"
+            else:
+                line += sep + prefix + _field_value(key, value)
+            sep = ","
+        ts = r.time_ns if precision == "ns" else r.time_ns // _DIVISOR[precision]
+        if type(ts) is not int:
+            raise LineProtocolError(f"time_ns {r.time_ns!r} is not an integer")
+    except (TypeError, AttributeError) as exc:
+        raise LineProtocolError(f"reading cannot be encoded: {exc}") from exc
+    return f"{line} {ts}"
+
+
+def encode_batch(readings: Sequence[Reading], precision: Precision = "ns") -> bytes:
+    """All readings, newline-joined, UTF-8. Raises `LineProtocolError` for the first
+    unencodable reading (`encode_lines` leaves them out one by one instead)."""
+    body, _, rejected = encode_lines(readings, precision)
+    if rejected:
+        raise LineProtocolError(f"reading {min(rejected)}: {rejected[min(rejected)]}")
+    return body
+
+
+def encode_lines(items: Sequence[object], precision: Precision = "ns") -> tuple[bytes, list[int], dict[int, str]]:
+    """Encode what can be encoded: (body, indices of the items in it, {index: reason}).
+
+    Items that are not `Reading`s, raise `LineProtocolError`, or hold text that is not
+    valid UTF-8 (lone surrogates) are left out with the reason; the body holds the others in
+    order. Every index appears exactly once in the two collections.
+    """
+    lines: list[str] = []
+    good: list[int] = []
+    rejected: dict[int, str] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, Reading):
+            rejected[i] = f"not a Reading but a {type(item).__name__}"
+            continue
+        try:
+            lines.append(encode_reading(item, precision))
+        except LineProtocolError as exc:
+            rejected[i] = f"line protocol: {exc}"
+        else:
+            good.append(i)
+    try:
+        return "\n".join(lines).encode("utf-8"), good, rejected
+    except UnicodeEncodeError:
+        kept: list[bytes] = []
+        kept_indices: list[int] = []
+        for i, line in zip(good, lines, strict=True):
+            try:
+                kept.append(line.encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                rejected[i] = f"line protocol: text {line[exc.start : exc.end]!r} in {line[:80]!r} is not valid UTF-8"
+            else:
+                kept_indices.append(i)
+        return b"\n".join(kept), kept_indices, rejected
+
+
+def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, FieldValue], int]:
+    """Parse one line of the encoder's grammar: (measurement, tags, fields, timestamp).
+
+    Strict: any deviation (unknown escape, missing timestamp, duplicate key, empty tag value,
+    NaN, other boolean spellings, unsigned `u` integers) raises `LineProtocolError`.
+    """
+    if "\n" in line or "\r" in line:
+        raise LineProtocolError("a line cannot contain a newline")
+    measurement, i = _scan(line, 0, ", ", ", \\", "measurement")
+    if not measurement or measurement[0] == "#":
+        raise LineProtocolError(f"bad measurement {measurement!r}")
+    tags: dict[str, str] = {}
+    while i < len(line) and line[i] == ",":
+        key, i = _scan(line, i + 1, ",= ", ",= \\", "tag key")
+        _expect(line, i, "=", "tag key")
+        value, i = _scan(line, i + 1, ",= ", ",= \\", "tag value")
+        if not key or not value or key in tags:
+            raise LineProtocolError(f"bad tag {key!r}={value!r}")
+        tags[key] = value
+    _expect(line, i, " ", "tag set")
+    fields: dict[str, FieldValue] = {}
+    while True:
+        key, i = _scan(line, i + 1, ",= ", ",= \\", "field key")
+        _expect(line, i, "=", "field key")
+        if not key or key in fields:
+            raise LineProtocolError(f"bad field key {key!r}")
+        fields[key], i = _field(line, i + 1, key)
+        if i < len(line) and line[i] == ",":
+            continue
+        _expect(line, i, " ", "field set")
+        break
+    stamp = line[i + 1 :]
+    if not re.fullmatch(r"-?[0-9]+", stamp):
+        raise LineProtocolError(f"bad timestamp {stamp!r}")
+    return measurement, tags, fields, int(stamp)
+
+
+def _expect(line: str, i: int, char: str, after: str) -> None:
+    if i >= len(line) or line[i] != char:
+        found = repr(line[i]) if i < len(line) else "end of line"
+        raise LineProtocolError(f"expected {char!r} after {after} at column {i}, found {found}")
+
+
+def _scan(line: str, i: int, stops: str, escapable: str, part: str) -> tuple[str, int]:
+    out: list[str] = []
+    n = len(line)
+    while i < n:
+        c = line[i]
+        if c == "\\":
+            if i + 1 < n and line[i + 1] in escapable:
+                out.append(line[i + 1])
+                i += 2
+                continue
+            raise LineProtocolError(f"{part}: invalid escape at column {i}")
+        if c in stops:
+            break
+        out.append(c)
+        i += 1
+    return "".join(out), i
+
+
+_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INT = re.compile(r"-?[0-9]+i")
+
+
+def _field(line: str, i: int, key: str) -> tuple[FieldValue, int]:
+    if i < len(line) and line[i] == '"':
+        value, i = _scan(line, i + 1, '"', '"\\', f"string value of field {key!r}")
+        _expect(line, i, '"', f"string value of field {key!r}")
+        return value, i + 1
+    end = i
+    while end < len(line) and line[end] not in ", ":
+        end += 1
+    token = line[i:end]
+    if token == "true":
+        return True, end
+    if token == "false":
+        return False, end
+    if _INT.fullmatch(token):
+        number = int(token[:-1])
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            raise LineProtocolError(f"field {key!r}: integer {token} out of range")
+        return number, end
+    if _FLOAT.fullmatch(token):
+        value_f = float(token)
+        if math.isfinite(value_f):
+            return value_f, end
+    raise LineProtocolError(f"field {key!r}: bad value {token!r}")

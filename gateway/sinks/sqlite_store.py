@@ -1,0 +1,273 @@
+"""The embedded default store: readings in one SQLite table (WAL mode), and queries on it.
+
+One row per reading field:
+
+    readings(measurement, tags, field, time_ns, device_id, kind, value)
+    PRIMARY KEY (measurement, tags, field, time_ns)  -- WITHOUT ROWID
+
+`tags` is canonical JSON (keys sorted), so the key is the reading's identity plus the field:
+a retried or replayed batch replaces its rows instead of duplicating them
+(`INSERT OR REPLACE`). `kind` is `f`/`i`/`b`/`s` (float, integer, bool stored as 0/1, text)
+so values read back with their type. Indexes: (device_id, time_ns) and (time_ns).
+
+Guarantees of `SQLiteStoreSink.write`: one transaction per batch, committed before it
+returns `accepted` (with `synchronous: full`, durable against power loss; `normal` survives
+a crash of the process but not of the machine). A reading that cannot be stored (not a
+`Reading`, no fields, NaN/infinite float, integer outside int64, non-text tag, text
+that is not valid UTF-8) is rejected
+on its own; the rest of the batch is written. Any `sqlite3.Error` or `OSError` (locked,
+disk full, unopenable path) rolls the transaction back and reports `retry` for the storable
+readings: nothing of the batch is half-written. All SQLite work runs in a worker thread,
+one call at a time per sink (a lock held by the thread, so cancelling an awaiting task
+cannot let two calls overlap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field
+
+from gateway.core.duration import Duration
+from gateway.core.message import FieldValue, Reading
+from gateway.core.sink import WriteResult
+from gateway.sinks.config import SinkConfigBase, resolve_data_path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    measurement TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    field TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value NOT NULL,
+    PRIMARY KEY (measurement, tags, field, time_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_device_time ON readings (device_id, time_ns);
+CREATE INDEX IF NOT EXISTS readings_by_time ON readings (time_ns);
+"""
+_INSERT = "INSERT OR REPLACE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+Row = tuple[str, str, str, int, str, str, FieldValue]
+
+
+class SQLiteStoreConfig(SinkConfigBase):
+    """An SQLite file of readings; `path` defaults to `<data_dir>/readings.db`, and a
+    relative path is relative to the data directory."""
+
+    type: Literal["sqlite"] = "sqlite"
+    path: str | None = Field(None, description="Database file; relative paths are relative to the data directory.")
+    busy_timeout: Duration = Field(
+        timedelta(seconds=1), description="How long a write waits for another connection's lock before reporting retry."
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        "full", description="full: a committed batch survives power loss; normal: faster, survives process crashes."
+    )
+
+
+def _rows(item: object) -> list[Row]:
+    """The rows of one reading; raises ValueError/TypeError naming what cannot be stored."""
+    if not isinstance(item, Reading):
+        raise TypeError(f"not a Reading but a {type(item).__name__}")
+    if not isinstance(item.measurement, str) or not item.measurement:
+        raise ValueError(f"measurement {item.measurement!r} is not a non-empty string")
+    if type(item.time_ns) is not int or not _INT64_MIN <= item.time_ns <= _INT64_MAX:
+        raise ValueError(f"time_ns {item.time_ns!r} is not a 64-bit integer")
+    if not isinstance(item.device_id, str):
+        raise ValueError(f"device_id {item.device_id!r} is not a string")
+    _check_utf8(item.measurement, "measurement")
+    _check_utf8(item.device_id, "device_id")
+    for key, tag in item.tags.items():
+        if not isinstance(key, str) or not isinstance(tag, str):
+            raise ValueError(f"tag {key!r}={tag!r} is not text")
+    if not item.fields:
+        raise ValueError(f"reading of measurement {item.measurement!r} has no fields")
+    tags = orjson.dumps(item.tags, option=orjson.OPT_SORT_KEYS).decode()
+    rows: list[Row] = []
+    for name, value in item.fields.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"field name {name!r} is not a non-empty string")
+        _check_utf8(name, "field name")
+        kind, stored = _encode_value(name, value)
+        rows.append((item.measurement, tags, name, item.time_ns, item.device_id, kind, stored))
+    return rows
+
+
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {text!r} is not valid UTF-8 text") from None
+
+
+def _encode_value(name: str, value: object) -> tuple[str, FieldValue]:
+    if isinstance(value, bool):
+        return "b", int(value)
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"field {name!r} = {value} does not fit in a 64-bit integer")
+        return "i", int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"field {name!r} is {value!r}; NaN and infinity cannot be stored")
+        return "f", float(value)
+    if isinstance(value, str):
+        _check_utf8(value, f"value of field {name!r}")
+        return "s", str(value)
+    raise ValueError(f"field {name!r} has a value of type {type(value).__name__}; expected float, int, bool or str")
+
+
+class SQLiteStoreSink:
+    """Writes `Reading`s to the SQLite store. See the module docstring for guarantees."""
+
+    def __init__(self, config: SQLiteStoreConfig, data_dir: Path) -> None:
+        self.name = config.name
+        self.config = config
+        self.path = resolve_data_path(config.path, data_dir, "readings.db")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # held by the worker thread, so a cancelled await cannot release it early
+        self._healthy = True
+
+    async def start(self) -> None:
+        """Open (creating the file, its directory and the schema if needed). Does not raise
+        when the file cannot be opened: the sink is unhealthy and each write retries opening."""
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except (sqlite3.Error, OSError):
+            self._healthy = False
+
+    async def write(self, items: Sequence[Any]) -> WriteResult:
+        if not items:
+            return WriteResult()
+        return await asyncio.to_thread(self._write_sync, list(items))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close_sync)
+
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def _open_sync(self) -> None:
+        with self._lock:
+            self._ensure_open()
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def _ensure_open(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.config.busy_timeout.total_seconds(),
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _write_sync(self, items: list[Any]) -> WriteResult:
+        rows: list[Row] = []
+        good: list[int] = []
+        rejected: dict[int, str] = {}
+        for i, item in enumerate(items):
+            try:
+                rows.extend(_rows(item))
+            except (ValueError, TypeError) as exc:
+                rejected[i] = f"sqlite store cannot store this reading: {exc}"
+            else:
+                good.append(i)
+        if not good:
+            return WriteResult(rejected=rejected, reason="no storable readings")
+        try:
+            with self._lock:
+                conn = self._ensure_open()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_INSERT, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, OSError) as exc:
+            self._healthy = False
+            return WriteResult(retry=good, rejected=rejected, reason=f"sqlite {self.path}: {exc}")
+        self._healthy = True
+        return WriteResult(accepted=good, rejected=rejected)
+
+
+def query_readings(
+    db_path: Path,
+    device_id: str | None,
+    field: str | None,
+    start_ns: int | None,
+    end_ns: int | None,
+    limit: int = 1000,
+    measurement: str | None = None,
+) -> list[dict[str, Any]]:
+    """The newest `limit` rows matching every given filter, oldest first (newest last).
+
+    The time range is half-open: `start_ns <= time_ns < end_ns`. Each row is a dict with
+    `measurement`, `device_id`, `tags` (dict), `field`, `time_ns` and `value` (bool, int,
+    float or str, as written). Opens the database read-only; raises `FileNotFoundError` if
+    it does not exist and `ValueError` if `limit` < 1.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    if not db_path.exists():
+        raise FileNotFoundError(f"no SQLite store at {db_path}")
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, op, value in (
+        ("measurement", "=", measurement),
+        ("device_id", "=", device_id),
+        ("field", "=", field),
+        ("time_ns", ">=", start_ns),
+        ("time_ns", "<", end_ns),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} ?")
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f"SELECT measurement, device_id, tags, field, time_ns, kind, value FROM readings {where} "
+        "ORDER BY time_ns DESC, measurement DESC, tags DESC, field DESC LIMIT ?"
+    )
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        found = conn.execute(sql, [*params, limit]).fetchall()
+    finally:
+        conn.close()
+    return [
+        {
+            "measurement": m,
+            "device_id": dev,
+            "tags": orjson.loads(tags),
+            "field": f,
+            "time_ns": t,
+            "value": bool(v) if kind == "b" else v,
+        }
+        for m, dev, tags, f, t, kind, v in reversed(found)
+    ]

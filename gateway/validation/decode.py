@@ -1,0 +1,236 @@
+"""Decode one MQTT message into readings and rejections.
+
+`Decoder.decode` is the whole validation step of the ingress: size limit, topic route,
+JSON, payload shape, schema, device id, tags, timestamp and clock skew, in that order; the
+first failing check decides an element's reject code.
+
+Guarantees:
+
+* `decode` never raises (for any bytes and any topic): an unexpected failure becomes one
+  `internal_error` rejection of the whole message, and any readings made from it so far
+  are discarded, so every message ends up either stored or dead-lettered, never both.
+* A message is either a JSON object (one reading) or a non-empty JSON array of objects
+  (a batch). In a batch, valid elements become readings and each invalid element becomes
+  its own rejection whose payload is that element re-serialised with orjson and whose
+  reason starts with `element I of N:` (I counts from 1). A whole-message problem (size,
+  route, JSON, shape) gives one rejection carrying the original payload unchanged.
+* Every rejection has a `code` (see `RejectCode`, a bounded set usable as a metric label)
+  and a dead letter with `source="validation"`, the message's topic, receive time and
+  client id, and a reason naming the field and what was wrong.
+* The device id comes from the topic placeholder `{device_id}` and/or the payload's
+  `device_id_field` (a non-empty string); when both are present they must agree
+  (`device_mismatch`). It is always also the tag `device_id`.
+* Tags are the route's static tags, the topic's placeholder values and the schema's tag
+  fields. A tag field that names a static tag or a placeholder must agree with it when
+  present in the payload (`tag_mismatch`): the payload can confirm a route's tag, never
+  change it.
+* A missing timestamp means the receive time. Timestamp forms: `gateway.validation.timestamps`.
+
+Readings and rejections each keep element order. Not promised: that an element with several
+problems reports all of them (schema errors are listed, up to three; later checks stop at the first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from gateway.core.message import DeadLetter, RawMessage, Reading
+from gateway.ingress.topics import DEVICE_ID_TAG, RouteConfig, TopicRouter
+from gateway.validation.config import SchemaConfig, ValidationConfig
+from gateway.validation.schema import CompiledSchema, ElementError, RejectCode, describe, json_kind, show
+from gateway.validation.timestamps import describe_offset, format_ns, parse_timestamp
+
+SOURCE = "validation"
+_MISSING: Any = object()
+
+
+@dataclass(slots=True)
+class Rejection:
+    """A refused message or batch element, and its reject code."""
+
+    dead_letter: DeadLetter
+    code: RejectCode
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    """What one message became. Both lists may be non-empty (a partly valid batch)."""
+
+    readings: list[Reading]
+    rejects: list[Rejection]
+
+
+class Decoder:
+    """Routes, parses and validates messages; built once at startup from configuration.
+
+    The constructor raises ValueError when the configuration cannot work: a route names
+    an unknown schema, or a (non-tag) field of its schema has the name of one of the
+    route's tags (a static tag, a placeholder or `device_id`).
+    """
+
+    def __init__(self, router: TopicRouter, schemas: Mapping[str, SchemaConfig], config: ValidationConfig) -> None:
+        self._router = router
+        self._config = config
+        self._max_bytes = config.max_payload_bytes
+        self._max_readings = config.max_readings_per_message
+        self._future_ns = _ns(config.max_future_skew)
+        self._past_ns = _ns(config.max_past_skew)
+        self._schemas: dict[str, CompiledSchema] = {}
+        for name, schema in schemas.items():
+            try:
+                self._schemas[name] = CompiledSchema(name, schema)
+            except ValueError as exc:
+                raise ValueError(f"schema {name!r}: {exc}") from exc
+        for route in router.routes:
+            _check_route(route, schemas)
+
+    def decode(self, raw: RawMessage) -> DecodeResult:
+        """Readings and rejections for one message. Never raises."""
+        try:
+            return self._decode(raw)
+        except Exception as exc:
+            reason = f"internal error while decoding: {type(exc).__name__}: {exc}"
+            return DecodeResult([], [_reject(raw, raw.payload, "internal_error", reason)])
+
+    def _decode(self, raw: RawMessage) -> DecodeResult:
+        payload = raw.payload
+        if len(payload) > self._max_bytes:
+            reason = f"payload is {len(payload)} bytes, more than the limit of {self._max_bytes}"
+            return DecodeResult([], [_reject(raw, payload, "too_large", reason)])
+        matched = self._router.match(raw.topic)
+        if matched is None:
+            return DecodeResult([], [_reject(raw, payload, "no_route", f"no route matches topic {raw.topic!r}")])
+        route, values = matched
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return DecodeResult([], [_reject(raw, payload, "malformed_json", f"payload is not valid JSON: {exc}")])
+        schema = self._schemas[route.schema_name]
+        if isinstance(data, dict):
+            try:
+                return DecodeResult([self._reading(raw, route, values, schema, data)], [])
+            except ElementError as err:
+                return DecodeResult([], [_reject(raw, payload, err.code, err.reason)])
+        if not isinstance(data, list):
+            reason = f"payload must be a JSON object or an array of objects, got {json_kind(data)}"
+            return DecodeResult([], [_reject(raw, payload, "not_object", reason)])
+        if not data:
+            return DecodeResult([], [_reject(raw, payload, "empty_batch", "payload is an empty JSON array")])
+        if len(data) > self._max_readings:
+            reason = f"payload has {len(data)} readings, more than the limit of {self._max_readings}"
+            return DecodeResult([], [_reject(raw, payload, "too_many_readings", reason)])
+        result = DecodeResult([], [])
+        total = len(data)
+        for index, element in enumerate(data, start=1):
+            try:
+                if not isinstance(element, dict):
+                    raise ElementError("not_object", f"expected a JSON object, got {json_kind(element)}")
+                result.readings.append(self._reading(raw, route, values, schema, element))
+            except ElementError as err:
+                reason = f"element {index} of {total}: {err.reason}"
+                result.rejects.append(_reject(raw, orjson.dumps(element), err.code, reason))
+        return result
+
+    def _reading(
+        self,
+        raw: RawMessage,
+        route: RouteConfig,
+        values: dict[str, str],
+        schema: CompiledSchema,
+        element: dict[str, Any],
+    ) -> Reading:
+        fields, tag_fields = schema.check(element)
+        device_id = self._device_id(schema, values.get(DEVICE_ID_TAG), element.get(schema.device_id_field, _MISSING))
+        tags = {**route.tags, **values} if route.tags else dict(values)
+        for key, value in tag_fields.items():
+            known = tags.setdefault(key, value)
+            if known != value:
+                whose = "route's static tag" if key in route.tags else "topic"
+                raise ElementError(
+                    "tag_mismatch", f"tag field {key!r} says {show(value)} but the {whose} says {show(known)}"
+                )
+        tags[DEVICE_ID_TAG] = device_id
+        received = raw.received_ns
+        stamp = element.get(schema.timestamp_field, _MISSING)
+        time_ns = received if stamp is _MISSING else self._time_ns(schema.timestamp_field, stamp, received)
+        return Reading(schema.measurement, device_id, tags, fields, time_ns, received)
+
+    @staticmethod
+    def _device_id(schema: CompiledSchema, from_topic: str | None, from_payload: object) -> str:
+        field = schema.device_id_field
+        if from_payload is _MISSING:
+            if from_topic is None:
+                raise ElementError(
+                    "missing_device_id",
+                    f"no device id: the topic has no {{device_id}} level and the payload has no {field!r} field",
+                )
+            return from_topic
+        if not isinstance(from_payload, str) or not from_payload:
+            got = "an empty string" if from_payload == "" else describe(from_payload)
+            raise ElementError("wrong_type", f"field {field!r}: expected a non-empty string, got {got}")
+        if from_topic is not None and from_topic != from_payload:
+            raise ElementError(
+                "device_mismatch",
+                f"field {field!r} says device {show(from_payload)} but the topic says {show(from_topic)}",
+            )
+        return from_payload
+
+    def _time_ns(self, field: str, stamp: object, received: int) -> int:
+        try:
+            time_ns = parse_timestamp(stamp)
+        except ValueError as exc:
+            raise ElementError("bad_timestamp", f"field {field!r}: {exc}") from None
+        ahead = time_ns - received
+        if ahead > self._future_ns:
+            raise ElementError(
+                "clock_skew",
+                f"field {field!r}: {format_ns(time_ns)} is {describe_offset(ahead)} ahead of the receive time "
+                f"{format_ns(received)} (limit {self._config.max_future_skew})",
+            )
+        if -ahead > self._past_ns:
+            raise ElementError(
+                "clock_skew",
+                f"field {field!r}: {format_ns(time_ns)} is {describe_offset(ahead)} behind the receive time "
+                f"{format_ns(received)} (limit {self._config.max_past_skew})",
+            )
+        return time_ns
+
+
+def _ns(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _reject(raw: RawMessage, payload: bytes, code: RejectCode, reason: str) -> Rejection:
+    letter = DeadLetter(
+        topic=raw.topic,
+        payload=payload,
+        reason=reason,
+        source=SOURCE,
+        received_ns=raw.received_ns,
+        client_id=raw.client_id,
+    )
+    return Rejection(letter, code)
+
+
+def _check_route(route: RouteConfig, schemas: Mapping[str, SchemaConfig]) -> None:
+    schema = schemas.get(route.schema_name)
+    where = f"route {route.pattern!r}"
+    if schema is None:
+        known = ", ".join(repr(n) for n in sorted(schemas)) or "none"
+        raise ValueError(f"{where} names schema {route.schema_name!r}, which is not configured (known: {known})")
+    owners: dict[str, str] = {DEVICE_ID_TAG: "the device id tag"}
+    for name in route.placeholders:
+        if name != DEVICE_ID_TAG:
+            owners[name] = f"placeholder {{{name}}}"
+    for name in route.tags:
+        owners[name] = f"static tag {name!r}"
+    for name, spec in schema.fields.items():
+        if not spec.tag and name in owners:
+            raise ValueError(
+                f"{where}: field {name!r} of schema {route.schema_name!r} has the same name as {owners[name]}"
+            )

@@ -1,0 +1,109 @@
+"""Payload timestamps to epoch nanoseconds.
+
+Accepted forms:
+
+* A JSON number (not a boolean) of epoch time; its unit is decided by magnitude:
+
+  | absolute value        | unit          | covers (for positive values)        |
+  |-----------------------|---------------|-------------------------------------|
+  | below 1e11            | seconds       | up to year 5138                     |
+  | 1e11 up to below 1e14 | milliseconds  | 1973-03-03 to year 5138             |
+  | 1e14 up to below 1e17 | microseconds  | 1973-03-03 to year 5138             |
+  | 1e17 and above        | nanoseconds   | 1973-03-03 on                       |
+
+  So every plausible present-day time is read correctly in any of the four units; the
+  cost is that millisecond times before March 1973 are read as seconds (and then
+  refused by the skew check). Integers are converted exactly; fractional seconds keep
+  about microsecond precision (the limit of a double near the present epoch).
+* A string in RFC 3339 / ISO 8601 form as accepted by `datetime.fromisoformat` (Python
+  3.11: `Z` suffix, basic and extended formats), with a UTC offset, which is required
+  (a time without one is ambiguous and refused). Lowercase `t`/`z` are accepted.
+  Fraction digits beyond microseconds are kept down to nanoseconds.
+
+Anything else (booleans, null, objects, arrays, unparseable strings) is refused with a
+ValueError whose message says why. Range checks (clock skew) are the caller's job.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+
+from gateway.validation.schema import json_kind
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FRACTION = re.compile(r"[.,](\d+)")
+_MAX_TEXT = 64
+
+
+def parse_timestamp(value: object) -> int:
+    """Epoch nanoseconds for a payload timestamp; ValueError with the reason otherwise."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"expected an epoch number or an RFC 3339 string, got {json_kind(value)}")
+    if isinstance(value, int):
+        return _from_int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
+        return _from_float(value)
+    if isinstance(value, str):
+        return _from_text(value)
+    raise ValueError(f"expected an epoch number or an RFC 3339 string, got {json_kind(value)}")
+
+
+def _from_int(value: int) -> int:
+    magnitude = abs(value)
+    if magnitude < 10**11:
+        return value * 1_000_000_000
+    if magnitude < 10**14:
+        return value * 1_000_000
+    if magnitude < 10**17:
+        return value * 1_000
+    return value
+
+
+def _from_float(value: float) -> int:
+    magnitude = abs(value)
+    if magnitude < 1e11:
+        factor = 1_000_000_000
+    elif magnitude < 1e14:
+        factor = 1_000_000
+    elif magnitude < 1e17:
+        factor = 1_000
+    else:
+        return int(value)
+    whole = int(value)
+    return whole * factor + round((value - whole) * factor)
+
+
+def _from_text(text: str) -> int:
+    shown = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise ValueError(f"{shown!r} is not an RFC 3339 date-time") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{shown!r} has no UTC offset (add 'Z' or '+hh:mm')")
+    delta = moment - _EPOCH
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    fraction = _FRACTION.search(text)
+    if fraction is not None and len(fraction.group(1)) > 6:
+        ns += int(fraction.group(1)[6:9].ljust(3, "0"))
+    return ns
+
+
+def describe_offset(delta_ns: int) -> str:
+    """A short human form of the size of a nanosecond difference, e.g. '3 days, 2:00:00'."""
+    try:
+        return str(timedelta(microseconds=abs(delta_ns) // 1_000))
+    except OverflowError:
+        return "more than 999999999 days"
+
+
+def format_ns(ns: int) -> str:
+    """An RFC 3339 UTC rendering of epoch nanoseconds, or the raw number if out of range."""
+    try:
+        return (_EPOCH + timedelta(microseconds=ns // 1_000)).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return "a time outside years 1-9999"

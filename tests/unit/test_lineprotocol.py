@@ -1,0 +1,298 @@
+"""Line protocol encoding: escaping of hostile names and values, value formatting, refusals,
+and the round trip through the strict parser."""
+
+from __future__ import annotations
+
+import enum
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core.message import FieldValue, Reading
+from gateway.sinks.lineprotocol import LineProtocolError, encode_batch, encode_lines, encode_reading, parse_line
+
+T = 1_700_000_000_123_456_789
+
+
+def reading(
+    measurement: str = "env",
+    tags: dict[str, str] | None = None,
+    fields: dict[str, FieldValue] | None = None,
+    time_ns: int = T,
+) -> Reading:
+    tags = {"device_id": "d1"} if tags is None else tags
+    return Reading(measurement, tags.get("device_id", "d1"), tags, {"v": 1.5} if fields is None else fields, time_ns)
+
+
+def test_plain_reading() -> None:
+    r = reading(tags={"site": "s1", "device_id": "d1"}, fields={"t": 21.5, "n": 3, "ok": True, "s": "hi"})
+    assert encode_reading(r) == f'env,device_id=d1,site=s1 t=21.5,n=3i,ok=true,s="hi" {T}'
+
+
+def test_tags_sorted_and_empty_values_omitted() -> None:
+    r = reading(tags={"zeta": "z", "alpha": "a", "empty": "", "mid": "m"})
+    assert encode_reading(r) == f"env,alpha=a,mid=m,zeta=z v=1.5 {T}"
+
+
+def test_no_tags() -> None:
+    assert encode_reading(reading(tags={})) == f"env v=1.5 {T}"
+
+
+@pytest.mark.parametrize(
+    ("measurement", "expected"),
+    [
+        ("a b", r"a\ b"),
+        ("a,b", r"a\,b"),
+        ("a=b", "a=b"),
+        ('a"b', 'a"b'),
+        ("a\\b", r"a\\b"),
+        ("ends\\", "ends\\\\"),
+        ("ünï©ødé 🌡", "ünï©ødé\\ 🌡"),
+    ],
+)
+def test_measurement_escaping(measurement: str, expected: str) -> None:
+    assert encode_reading(reading(measurement, tags={})) == f"{expected} v=1.5 {T}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("a b", r"a\ b"),
+        ("a,b", r"a\,b"),
+        ("a=b", r"a\=b"),
+        ('a"b', 'a"b'),
+        ("a\\b", r"a\\b"),
+        ("x\\,y", r"x\\\,y"),
+        ("é", "é"),
+    ],
+)
+def test_tag_and_field_key_escaping(raw: str, expected: str) -> None:
+    r = reading(tags={raw: raw}, fields={raw: 1})
+    assert encode_reading(r) == f"env,{expected}={expected} {expected}=1i {T}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('say "hi"', r'"say \"hi\""'),
+        ("back\\slash", r'"back\\slash"'),
+        ("trailing\\", '"trailing\\\\"'),
+        ("a, b=c", '"a, b=c"'),
+        ("", '""'),
+        ("😀", '"😀"'),
+    ],
+)
+def test_string_field_escaping(raw: str, expected: str) -> None:
+    assert encode_reading(reading(tags={}, fields={"s": raw})) == f"env s={expected} {T}"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1.0, "1.0"),
+        (-0.0, "-0.0"),
+        (1e20, "1e+20"),
+        (1.5e-7, "1.5e-07"),
+        (0.1, "0.1"),
+        (123456789.125, "123456789.125"),
+        (0, "0i"),
+        (-42, "-42i"),
+        (2**63 - 1, "9223372036854775807i"),
+        (-(2**63), "-9223372036854775808i"),
+        (True, "true"),
+        (False, "false"),
+    ],
+)
+def test_value_formatting(value: FieldValue, expected: str) -> None:
+    assert encode_reading(reading(tags={}, fields={"v": value})) == f"env v={expected} {T}"
+
+
+def test_int_and_float_subclasses_are_formatted_by_their_base_type() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Flag(float):
+        pass
+
+    line = encode_reading(reading(tags={}, fields={"a": Level.HIGH, "b": Flag(2.5)}))
+    assert line == f"env a=3i,b=2.5 {T}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "part"),
+    [
+        ({"measurement": "a\nb"}, "measurement"),
+        ({"measurement": "a\rb"}, "measurement"),
+        ({"tags": {"k\n": "v"}}, "tag key"),
+        ({"tags": {"k": "v\nw"}}, "value of tag 'k'"),
+        ({"fields": {"f\n": 1}}, "field key"),
+        ({"fields": {"s": "two\nlines"}}, "string value of field 's'"),
+    ],
+)
+def test_newlines_are_refused_naming_the_part(kwargs: dict[str, object], part: str) -> None:
+    with pytest.raises(LineProtocolError, match=part):
+        encode_reading(reading(**kwargs))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fields": {"v": float("nan")}}, "NaN or infinity"),
+        ({"fields": {"v": float("inf")}}, "NaN or infinity"),
+        ({"fields": {"v": float("-inf")}}, "NaN or infinity"),
+        ({"fields": {"v": 2**63}}, "64-bit"),
+        ({"fields": {"v": -(2**63) - 1}}, "64-bit"),
+        ({"fields": {"v": None}}, "type NoneType"),
+        ({"fields": {"v": b"bytes"}}, "type bytes"),
+        ({"fields": {}}, "no fields"),
+        ({"measurement": ""}, "measurement is empty"),
+        ({"measurement": "#comment"}, "comment"),
+        ({"tags": {"": "v"}}, "tag key is empty"),
+        ({"fields": {"": 1}}, "field key is empty"),
+        ({"tags": {"k": 5}}, "cannot be encoded"),
+        ({"time_ns": 1.5}, "not an integer"),
+    ],
+)
+def test_unrepresentable_readings_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(LineProtocolError, match=message):
+        encode_reading(reading(**kwargs))  # type: ignore[arg-type]
+
+
+def test_line_protocol_error_is_a_value_error() -> None:
+    assert issubclass(LineProtocolError, ValueError)
+
+
+@pytest.mark.parametrize(("precision", "stamp"), [("ns", T), ("us", T // 1000), ("ms", T // 10**6), ("s", T // 10**9)])
+def test_precision_converts_the_timestamp(precision: str, stamp: int) -> None:
+    assert encode_reading(reading(tags={}), precision).endswith(f" {stamp}")  # type: ignore[arg-type]
+
+
+def test_encode_batch_joins_lines_with_newlines() -> None:
+    batch = [reading(time_ns=1), reading(time_ns=2)]
+    assert encode_batch(batch) == b"env,device_id=d1 v=1.5 1\nenv,device_id=d1 v=1.5 2"
+    assert encode_batch([]) == b""
+    with pytest.raises(LineProtocolError):
+        encode_batch([reading(), reading(fields={"v": float("nan")})])
+
+
+HOSTILE = [
+    "plain",
+    "a b",
+    "a,b",
+    "a=b",
+    'a"b',
+    "a\\b",
+    "\\",
+    "\\\\",
+    "x\\ ",
+    "\\,",
+    "\\=",
+    " lead",
+    "trail ",
+    "=,= ,",
+    "ünï©ødé",
+    "tab\there",
+    "中文",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_round_trip_of_hostile_names(text: str) -> None:
+    measurement = text if not text.startswith("#") else "m" + text
+    tags = {text: text, "device_id": "d1"}
+    fields: dict[str, FieldValue] = {text: text, f"{text}_i": -7, f"{text}_f": 0.1, f"{text}_b": True}
+    r = Reading(measurement, "d1", tags, fields, -5)
+    assert parse_line(encode_reading(r)) == (measurement, tags, fields, -5)
+
+
+def test_round_trip_preserves_types_and_float_bits() -> None:
+    fields: dict[str, FieldValue] = {
+        "f": 1.0,
+        "i": 1,
+        "b": False,
+        "s": "1",
+        "tiny": 5e-324,
+        "big": 1.7976931348623157e308,
+    }
+    _, _, parsed, _ = parse_line(encode_reading(reading(fields=fields)))
+    assert parsed == fields
+    assert [type(v) for v in parsed.values()] == [type(v) for v in fields.values()]
+
+
+def test_round_trip_drops_empty_tags() -> None:
+    _, tags, _, _ = parse_line(encode_reading(reading(tags={"device_id": "d1", "e": ""})))
+    assert tags == {"device_id": "d1"}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "env v=1.5",  # no timestamp
+        "env v=1.5 12x",
+        "env,k=v",
+        "env,k= v=1 1",  # empty tag value
+        "env,k=v,k=w v=1 1",  # duplicate tag
+        "env v=1,v=2 1",  # duplicate field
+        "env v=nan 1",
+        "env v=inf 1",
+        "env v=1u 1",
+        "env v=T 1",
+        'env v="open 1',
+        'env v="a\\nb" 1',  # unknown escape
+        "e\\xnv v=1 1",
+        "#comment v=1 1",
+        " v=1 1",
+        "env v=1 1\n",
+        "env v=99999999999999999999i 1",
+    ],
+)
+def test_parser_is_strict(line: str) -> None:
+    with pytest.raises(LineProtocolError):
+        parse_line(line)
+
+
+def test_encode_lines_leaves_out_what_cannot_be_encoded() -> None:
+    good = [reading(time_ns=1), reading(time_ns=2)]
+    items: list[object] = [
+        good[0],
+        reading(fields={"v": float("nan")}),
+        "junk",
+        reading(tags={"device_id": "d\ud800"}),  # a lone surrogate: not UTF-8
+        good[1],
+    ]
+    body, indices, rejected = encode_lines(items)
+    assert body == encode_batch(good) and indices == [0, 4]
+    assert sorted(rejected) == [1, 2, 3]
+    assert "NaN" in rejected[1] and "str" in rejected[2] and "UTF-8" in rejected[3]
+    assert encode_lines([]) == (b"", [], {})
+
+
+def test_encode_batch_refuses_lone_surrogates() -> None:
+    with pytest.raises(LineProtocolError, match="UTF-8"):
+        encode_batch([reading(), reading(fields={"s": "\udfff"})])
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\n\r"), max_size=12)
+_name = _text.filter(lambda t: t != "")
+_value = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    _text,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    measurement=_name.filter(lambda t: not t.startswith("#")),
+    tags=st.dictionaries(_name, _name, max_size=4),
+    fields=st.dictionaries(_name, _value, min_size=1, max_size=4),
+    time_ns=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+def test_round_trip_property(
+    measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], time_ns: int
+) -> None:
+    line = encode_reading(Reading(measurement, "d", tags, fields, time_ns))
+    assert "\n" not in line
+    assert parse_line(line) == (measurement, tags, fields, time_ns)

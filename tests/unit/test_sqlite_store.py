@@ -1,0 +1,164 @@
+"""The SQLite store: typed round trip, idempotent rewrites, per-reading rejection, transient
+errors as retry, and the query function the CLI uses."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.core.message import FieldValue, Reading
+from gateway.sinks.sqlite_store import SQLiteStoreConfig, SQLiteStoreSink, query_readings
+
+NOW = time.time_ns()
+
+
+def reading(device: str = "d1", t: int = NOW, measurement: str = "env", **fields: FieldValue) -> Reading:
+    return Reading(measurement, device, {"device_id": device, "site": "s1"}, fields or {"v": 1.5}, t)
+
+
+def config(**kwargs: Any) -> SQLiteStoreConfig:
+    return SQLiteStoreConfig(name="store", subscription="tsdb", **kwargs)
+
+
+async def open_sink(tmp_path: Path, **kwargs: Any) -> SQLiteStoreSink:
+    sink = SQLiteStoreSink(config(**kwargs), tmp_path)
+    await sink.start()
+    return sink
+
+
+def test_config_is_strict_and_has_defaults() -> None:
+    cfg = config()
+    assert (cfg.type, cfg.path, cfg.synchronous, cfg.busy_timeout) == ("sqlite", None, "full", timedelta(seconds=1))
+    assert config(busy_timeout="250ms").busy_timeout == timedelta(milliseconds=250)
+    with pytest.raises(ValidationError):
+        config(unknown=1)
+
+
+def test_paths_resolve_against_the_data_dir_without_io(tmp_path: Path) -> None:
+    assert SQLiteStoreSink(config(), tmp_path / "data").path == tmp_path / "data" / "readings.db"
+    assert SQLiteStoreSink(config(path="db/x.db"), tmp_path).path == tmp_path / "db" / "x.db"
+    assert SQLiteStoreSink(config(path="/abs/x.db"), tmp_path).path == Path("/abs/x.db")
+    assert not (tmp_path / "data").exists()
+
+
+async def test_values_read_back_with_their_types(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    result = await sink.write([reading(f=21.5, i=-3, b=True, s="on", whole=2.0)])
+    await sink.close()
+    assert result.accepted == [0]
+    rows = query_readings(sink.path, "d1", None, None, None)
+    values = {r["field"]: r["value"] for r in rows}
+    assert values == {"f": 21.5, "i": -3, "b": True, "s": "on", "whole": 2.0}
+    assert [type(values[k]) for k in ("f", "i", "b", "s", "whole")] == [float, int, bool, str, float]
+    assert rows[0]["tags"] == {"device_id": "d1", "site": "s1"}
+    assert rows[0]["measurement"] == "env" and rows[0]["time_ns"] == NOW
+
+
+async def test_file_is_in_wal_mode(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    await sink.close()
+    with sqlite3.connect(sink.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_rewriting_a_batch_replaces_rows(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    batch = [reading(t=NOW + i, v=float(i)) for i in range(5)]
+    assert (await sink.write(batch)).accepted == list(range(5))
+    assert (await sink.write(batch)).accepted == list(range(5))
+    # same identity with the tags in another order: still the same point
+    reordered = Reading("env", "d1", {"site": "s1", "device_id": "d1"}, {"v": 9.0}, NOW)
+    assert (await sink.write([reordered])).accepted == [0]
+    await sink.close()
+    rows = query_readings(sink.path, None, None, None, None)
+    assert [r["value"] for r in rows] == [9.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_unstorable_readings_are_rejected_alone(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    batch: list[object] = [
+        reading(t=NOW),
+        reading(v=float("nan")),
+        "not a reading",
+        reading(v=2**64),
+        Reading("env", "d1", {"device_id": "d1"}, {}, NOW),
+        Reading("env", "d1", {"device_id": 7}, {"v": 1}, NOW),  # type: ignore[dict-item]
+        reading(s="lone \udc80 surrogate"),
+        reading(device="bad\ud800"),
+        reading(t=NOW + 1),
+    ]
+    result = await sink.write(batch)
+    await sink.close()
+    assert result.accepted == [0, 8]
+    assert sorted(result.rejected) == [1, 2, 3, 4, 5, 6, 7]
+    assert "NaN" in result.rejected[1] and "str" in result.rejected[2] and "64-bit" in result.rejected[3]
+    assert "no fields" in result.rejected[4] and "not text" in result.rejected[5]
+    assert "UTF-8" in result.rejected[6] and "UTF-8" in result.rejected[7]
+    assert len(query_readings(sink.path, None, None, None, None)) == 2
+
+
+async def test_empty_batch_touches_nothing(tmp_path: Path) -> None:
+    sink = SQLiteStoreSink(config(), tmp_path / "never")
+    result = await sink.write([])
+    assert (result.accepted, result.retry, result.rejected) == ([], [], {})
+    assert not (tmp_path / "never").exists()
+
+
+async def test_locked_database_means_retry_then_recovers(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path, busy_timeout=timedelta(milliseconds=50))
+    other = sqlite3.connect(sink.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    result = await sink.write([reading(), reading(v="x", t=NOW + 1), reading(v=float("inf"))])
+    assert result.retry == [0, 1] and list(result.rejected) == [2]
+    assert "locked" in result.reason
+    assert not sink.healthy()
+    other.execute("ROLLBACK")
+    other.close()
+    result = await sink.write([reading()])
+    assert result.accepted == [0] and sink.healthy()
+    await sink.close()
+
+
+async def test_unopenable_path_means_retry_not_an_exception(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    sink = await open_sink(tmp_path, path=str(blocker / "sub" / "readings.db"))
+    assert not sink.healthy()
+    result = await sink.write([reading(), reading(t=NOW + 1)])
+    assert result.retry == [0, 1] and result.accepted == []
+    await sink.close()
+
+
+async def test_query_filters_and_keeps_the_newest(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    batch = [reading(device=f"d{i % 2}", t=NOW + i, a=i, b=-i) for i in range(10)]
+    batch.append(reading(device="d0", t=NOW + 100, measurement="power", a=100))
+    assert len((await sink.write(batch)).accepted) == 11
+    await sink.close()
+    q = sink.path
+    assert [r["time_ns"] - NOW for r in query_readings(q, "d0", "a", None, None)] == [0, 2, 4, 6, 8, 100]
+    assert [r["value"] for r in query_readings(q, "d1", "b", NOW + 3, NOW + 7)] == [-3, -5]
+    assert [r["value"] for r in query_readings(q, None, "a", None, None, limit=3)] == [8, 9, 100]
+    assert [r["value"] for r in query_readings(q, None, "a", None, None, measurement="power")] == [100]
+    newest = query_readings(q, "d1", None, None, None, limit=2)
+    assert [(r["time_ns"] - NOW, r["field"]) for r in newest] == [(9, "a"), (9, "b")]
+    assert query_readings(q, "nobody", None, None, None) == []
+    with pytest.raises(ValueError):
+        query_readings(q, None, None, None, None, limit=0)
+    with pytest.raises(FileNotFoundError):
+        query_readings(tmp_path / "missing.db", None, None, None, None)
+
+
+async def test_query_works_while_the_sink_is_open(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    await sink.write([reading()])
+    assert len(query_readings(sink.path, "d1", None, None, None)) == 1
+    await sink.write([reading(t=NOW + 1)])
+    assert len(query_readings(sink.path, "d1", None, None, None)) == 2
+    await sink.close()
