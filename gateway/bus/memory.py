@@ -65,6 +65,7 @@ class MemoryBus:
         self._subs: dict[str, Subscription] = {}
         self._published: dict[str, Counter] = {}
         self._closed = False
+        self._flushing = False
 
     # -- declaration --------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class MemoryBus:
                 if batch:
                     if first is None:
                         first = now
-                    if full or now - first >= sub.batch_latency:
+                    if full or self._flushing or now - first >= sub.batch_latency:
                         return sub.finalize(batch, now)
                     timeout = first + sub.batch_latency - now
                 wake = sub.next_wakeup()
@@ -176,6 +177,12 @@ class MemoryBus:
             if batch:
                 sub.release(batch, time.monotonic())
             raise
+
+    def flush(self) -> None:
+        """From now on `pull` returns as soon as it has a message (used to drain on stop)."""
+        self._flushing = True
+        for sub in self._subs.values():
+            sub.avail.set()
 
     def ack(self, subscription: str, ack_ids: Sequence[int]) -> None:
         self._sub(subscription).ack(ack_ids, time.monotonic())

@@ -127,6 +127,10 @@ class Bus(Protocol):
     async def pull(self, subscription: str) -> list[ReceivedMessage]:
         """Lease the next batch (at least one message) according to the batch policy."""
 
+    def flush(self) -> None:
+        """From now on, `pull` returns a batch as soon as it holds a message, without
+        waiting for `max_latency` (called when draining on shutdown)."""
+
     def ack(self, subscription: str, ack_ids: Sequence[int]) -> None:
         """Mark messages done. Unknown or already-acked ids are ignored."""
 

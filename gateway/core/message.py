@@ -55,8 +55,10 @@ class Reading:
 class DeadLetter:
     """A message the gateway could not take, with the reason why.
 
-    `source` names the stage that refused it (for example `validation`, `routing`,
-    `sink:tsdb`); `reason` names the field and what was wrong, in words an operator can act on.
+    `source` names the stage that refused it (for example `validation`,
+    `subscription:tsdb`, `sink:tsdb`); `code` is a short fixed reason code (the `reason`
+    label of `gateway_messages_invalid_total`, empty where the stage has none); `reason`
+    names the field and what was wrong, in words an operator can act on.
     """
 
     topic: str
@@ -66,6 +68,7 @@ class DeadLetter:
     received_ns: int
     client_id: str | None = None
     attempts: int = 0
+    code: str = ""
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-ready form written to the dead-letter file.
@@ -84,6 +87,7 @@ class DeadLetter:
             "received_at": _iso(self.received_ns),
             "topic": self.topic,
             "source": self.source,
+            "code": self.code,
             "reason": self.reason,
             "client_id": self.client_id,
             "attempts": self.attempts,
@@ -116,6 +120,7 @@ def dead_letter_for(data: object, reason: str, source: str, attempts: int = 0) -
             received_ns=data.received_ns,
             client_id=data.client_id,
             attempts=attempts,
+            code=data.code,
         )
     if isinstance(data, Reading):
         payload = orjson.dumps(

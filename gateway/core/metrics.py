@@ -88,6 +88,3 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.dead_letters = Counter(
-            p + "dead_letters", "Dead letters written, by source stage.", ["source"], registry=r
-        )

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.core.runner_config import RunnerConfig
+
 
 class SinkConfigBase(BaseModel):
     """`name` identifies the sink (metrics, logs, readiness); `subscription` is the bus
@@ -20,6 +22,10 @@ class SinkConfigBase(BaseModel):
 
     name: str = Field(min_length=1, description="The sink's name, as used in metrics, logs and /readyz.")
     subscription: str = Field(min_length=1, description="The bus subscription this sink consumes.")
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig,
+        description="How the shared runner drives this sink: in-flight writes, retry pacing.",
+    )
 
 
 def resolve_data_path(path: str | None, data_dir: Path, default_name: str) -> Path:

@@ -213,6 +213,7 @@ def _reject(raw: RawMessage, payload: bytes, code: RejectCode, reason: str) -> R
         source=SOURCE,
         received_ns=raw.received_ns,
         client_id=raw.client_id,
+        code=code,
     )
     return Rejection(letter, code)
 

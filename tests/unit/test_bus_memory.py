@@ -376,3 +376,16 @@ async def test_lease_deadline_bookkeeping_stays_bounded() -> None:
         [m] = await bus.pull("bd-s")
         bus.ack("bd-s", [m.ack_id])
     assert len(bus._sub("bd-s").deadlines) <= 5000  # stale entries of acked leases are compacted
+
+
+async def test_flush_returns_partial_batches_without_waiting_for_latency() -> None:
+    bus = bus_with("t", config("s", "t", batch=policy(latency=30.0)))
+    await bus.publish("t", msgs(1, 2, 3))
+    waiting = asyncio.create_task(bus.pull("s"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "a partial batch waits for max_latency"
+    bus.flush()
+    batch = await asyncio.wait_for(waiting, 1.0)
+    assert [m.data for m in batch] == [1, 2, 3]
+    await bus.publish("t", msgs(4))
+    assert [m.data for m in await pull(bus, "s", within=1.0)] == [4]

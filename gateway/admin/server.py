@@ -1,0 +1,115 @@
+"""The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
+
+* `/healthz` answers 200 while the process's event loop runs (liveness).
+* `/readyz` answers 200 when the ingress is connected (client mode) or listening
+  (embedded mode) and every sink is healthy, else 503; the JSON body says which part is not.
+* `/metrics` is the Prometheus text exposition of the gateway's own registry.
+
+A deliberately small HTTP/1.1 server on asyncio streams (GET only, one request per
+connection, 8 KiB request limit): the endpoint must not pull a web framework into the
+gateway. It is bound to loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.core.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Readiness:
+    ready: bool
+    detail: dict[str, object]
+
+
+class AdminServerError(Exception):
+    """The endpoint could not listen (the message names host, port and the OS reason)."""
+
+
+class AdminServer:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, readiness: Callable[[], Readiness], refresh: Callable[[], None]
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._metrics = metrics
+        self._readiness = readiness
+        self._refresh = refresh
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=8192)
+        except OSError as exc:
+            raise AdminServerError(f"admin.port: cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        sock = self._server.sockets[0]
+        self.port = int(sock.getsockname()[1])
+        log.info("admin endpoint listening", extra={"host": self.host, "port": self.port})
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 5)
+            while True:  # skip headers
+                line = await asyncio.wait_for(reader.readline(), 5)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            parts = request_line.decode("latin-1").split()
+            if len(parts) < 2:
+                await self._send(writer, 400, b"bad request\n")
+                return
+            method, target = parts[0], parts[1].split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                await self._send(writer, 405, b"only GET\n")
+                return
+            status, body, ctype = self._route(target)
+            await self._send(writer, status, b"" if method == "HEAD" else body, ctype)
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _route(self, target: str) -> tuple[int, bytes, str]:
+        if target == "/healthz":
+            return 200, b"ok\n", "text/plain"
+        if target == "/readyz":
+            r = self._readiness()
+            return (200 if r.ready else 503), orjson.dumps({"ready": r.ready, **r.detail}), "application/json"
+        if target == "/metrics":
+            self._refresh()
+            return 200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST
+        return 404, b"not found: try /healthz, /readyz or /metrics\n", "text/plain"
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "text/plain") -> None:
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }
+        head = (
+            f"HTTP/1.1 {status} {reason.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()

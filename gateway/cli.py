@@ -1,0 +1,142 @@
+"""The `gateway` command line: run, check-config, query, deadletter.
+
+Exit codes: 0 success; 1 runtime failure; 2 unusable configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config_errors import ConfigError
+from gateway.settings import DEFAULT_CONFIG_PATH, GatewaySettings, load_settings
+
+DESCRIPTION = """\
+IoT telemetry gateway: devices publish sensor readings over MQTT; the gateway validates
+them against your schemas, fans them out through internal topics and writes them to a
+time-series store (InfluxDB line protocol) or its embedded SQLite store. Bad messages are
+dead-lettered with a reason, never dropped.
+
+Quick start:  gateway run --config config/gateway.yaml
+Check config: gateway check-config --config config/gateway.yaml
+"""
+
+ENV_HELP = """\
+Every config key can be overridden from the environment: GATEWAY_<SECTION>__<KEY>, e.g.
+GATEWAY_INGRESS__PORT=1884, GATEWAY_SINKS__TSDB__TOKEN=..., GATEWAY_LOG__FORMAT=json.
+The config file defaults to $GATEWAY_CONFIG, else config/gateway.yaml.
+"""
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("GATEWAY_CONFIG", str(DEFAULT_CONFIG_PATH))
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path(default),
+        metavar="PATH",
+        help=f"YAML config file (default: {default})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION, epilog=ENV_HELP, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the gateway until SIGTERM/SIGINT",
+        description="Run the gateway: MQTT ingress, validation, internal topics and sinks, with the admin "
+        "endpoint (/healthz, /readyz, /metrics). SIGTERM or Ctrl-C stops accepting messages, drains "
+        "in-flight batches within shutdown.drain_timeout and exits 0.",
+        epilog=ENV_HELP,
+        formatter_class=fmt,
+    )
+    _config_arg(run)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and print a summary",
+        description="Validate the config (file + environment overrides) without starting anything. Exit 0 with "
+        "a summary of ingress, routes, schemas, subscriptions and sinks; exit 2 with every problem, naming "
+        "the file, line, key and what was expected.",
+        epilog=ENV_HELP,
+        formatter_class=fmt,
+    )
+    _config_arg(check)
+
+    query = sub.add_parser(
+        "query",
+        help="read readings back from the embedded SQLite store",
+        description="Read stored readings from the embedded store (the sqlite sink). Times are RFC 3339 "
+        "(2026-11-26T10:00:00Z), epoch seconds, or a duration back from now (30s, 15m, 2h, 7d).",
+        formatter_class=fmt,
+    )
+    _config_arg(query)
+    query.add_argument("--device", help="only this device id")
+    query.add_argument("--field", help="only this field (e.g. temperature)")
+    query.add_argument("--measurement", help="only this measurement")
+    query.add_argument("--since", default="1h", help="start of the time range (default: 1h ago)")
+    query.add_argument("--until", default=None, help="end of the time range (default: now)")
+    query.add_argument("--limit", type=int, default=100, help="most rows, newest kept (default: 100)")
+    query.add_argument("--format", choices=["table", "json"], default="table")
+    query.add_argument("--sink", default=None, help="name of the sqlite sink when there are several")
+
+    dl = sub.add_parser("deadletter", help="inspect dead letters", description="Inspect the dead-letter file.")
+    dl_sub = dl.add_subparsers(dest="dl_command", required=True, metavar="ACTION")
+    dl_list = dl_sub.add_parser(
+        "list",
+        help="list dead letters with their reasons",
+        description="List dead letters (oldest first): receive time, topic, stage, reason and payload.",
+    )
+    _config_arg(dl_list)
+    dl_list.add_argument("--limit", type=int, default=50, help="show the newest N (default: 50)")
+    dl_list.add_argument("--reason", default=None, help="only those whose reason contains this text")
+    dl_list.add_argument("--format", choices=["table", "json"], default="table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from gateway import commands
+
+    if args.command == "check-config":
+        print(commands.summary(settings, args.config))
+        return 0
+    if args.command == "run":
+        return _run(settings)
+    if args.command == "query":
+        return commands.query(settings, args)
+    if args.command == "deadletter":
+        return commands.deadletter_list(settings, args)
+    return 2
+
+
+def _run(settings: GatewaySettings) -> int:
+    from gateway.app import Gateway, StartupError
+    from gateway.logs import setup_logging
+
+    setup_logging(settings.log.level, settings.log.format)
+    try:
+        asyncio.run(Gateway(settings).run())
+    except StartupError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
