@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-echo "== ruff";  .venv/bin/ruff check gateway device_sim tests bench
+echo "== ruff";  .venv/bin/ruff check .
 echo "== mypy";  .venv/bin/mypy
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"
