@@ -34,6 +34,7 @@ from gateway.core.sink_runner import SinkRunner
 from gateway.ingress.base import Ingress, IngressError
 from gateway.ingress.topics import TopicRouter
 from gateway.pipeline import build_ingress, build_sink_runners
+from gateway.security.guard import Guard
 from gateway.settings import DEADLETTER_TOPIC, INTERNAL_TOPICS, TELEMETRY_TOPIC, GatewaySettings
 from gateway.validation.decode import Decoder
 
@@ -51,10 +52,16 @@ class Gateway:
         self.bus = MemoryBus(self.metrics)
         self.router = TopicRouter(settings.routes)
         self.decoder = Decoder(self.router, settings.schemas, settings.validation)
+        self.guard = Guard(settings.security, self.router, self.metrics)
         self.ingress: Ingress = build_ingress(settings, self.router, self.metrics)
         self.runners: list[SinkRunner] = build_sink_runners(settings, self.bus, self.metrics)
         self.admin = AdminServer(
-            settings.admin.host, settings.admin.port, self.metrics, self.readiness, self.refresh_metrics
+            settings.admin.host,
+            settings.admin.port,
+            self.metrics,
+            self.readiness,
+            self.refresh_metrics,
+            token=settings.admin.token,
         )
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
@@ -68,6 +75,11 @@ class Gateway:
         Returns once everything it produced is held by the bus: the ingress may then
         acknowledge the message. Waits (backpressure) while a subscription is full.
         """
+        refused = self.guard.check(raw)
+        if refused is not None:
+            self.metrics.messages_invalid.labels(refused.code).inc()
+            await self.bus.publish(DEADLETTER_TOPIC, [OutgoingMessage(refused, len(refused.payload) + 256)])
+            return
         result = self.decoder.decode(raw)
         readings = result.readings
         if readings:

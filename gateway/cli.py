@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config_errors import ConfigError
+from gateway.security import passwd_cli
 from gateway.settings import DEFAULT_CONFIG_PATH, GatewaySettings, load_settings
 
 DESCRIPTION = """\
@@ -99,11 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl_list.add_argument("--limit", type=int, default=50, help="show the newest N (default: 50)")
     dl_list.add_argument("--reason", default=None, help="only those whose reason contains this text")
     dl_list.add_argument("--format", choices=["table", "json"], default="table")
+    passwd_cli.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "passwd":
+        return passwd_cli.run(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

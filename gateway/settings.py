@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.config_errors import ConfigError, format_validation_error, load_yaml
@@ -25,6 +25,7 @@ from gateway.core.bus import SubscriptionConfig
 from gateway.core.duration import Duration
 from gateway.ingress.config import EmbeddedIngressConfig, IngressConfig
 from gateway.ingress.topics import RouteConfig
+from gateway.security.config import SecurityConfig, is_loopback
 from gateway.sinks.deadletter_file import DeadLetterFileConfig
 from gateway.sinks.influxdb import InfluxDBSinkConfig
 from gateway.sinks.sqlite_store import SQLiteStoreConfig
@@ -51,6 +52,25 @@ class AdminConfig(BaseModel):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Loopback by default: the endpoint is not exposed.")
     port: int = Field(9464, ge=0, le=65535)
+    token: SecretStr | None = Field(
+        None, description="Bearer token for everything but /healthz and /metrics; required when host is not loopback."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> AdminConfig:
+        if self.enabled and self.token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"the admin endpoint is exposed on {self.host} without a token: set admin.token "
+                "(e.g. GATEWAY_ADMIN__TOKEN) or bind admin.host to 127.0.0.1"
+            )
+        return self
 
 
 class BusSettings(BaseModel):
@@ -114,6 +134,7 @@ class GatewaySettings(BaseSettings):
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="before")
     @classmethod

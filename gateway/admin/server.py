@@ -8,22 +8,31 @@
 A deliberately small HTTP/1.1 server on asyncio streams (GET only, one request per
 connection, 8 KiB request limit): the endpoint must not pull a web framework into the
 gateway. It is bound to loopback by default.
+
+With `admin.token` set (required by the config when the host is not loopback), every path
+but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`, compared in constant
+time (`hmac.compare_digest`); a refusal is a 401 counted in `gateway_admin_unauthorized_total`.
+The token is never logged or echoed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
 from gateway.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+_PUBLIC = ("/healthz", "/metrics")  # everything else needs the bearer token when one is configured
+_MAX_HEADERS = 100
 
 
 @dataclass(slots=True)
@@ -38,9 +47,16 @@ class AdminServerError(Exception):
 
 class AdminServer:
     def __init__(
-        self, host: str, port: int, metrics: Metrics, readiness: Callable[[], Readiness], refresh: Callable[[], None]
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        readiness: Callable[[], Readiness],
+        refresh: Callable[[], None],
+        token: SecretStr | None = None,
     ) -> None:
         self.host = host
+        self._token = token.get_secret_value().encode() if token is not None else None
         self.port = port
         self._metrics = metrics
         self._readiness = readiness
@@ -66,10 +82,17 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
-            while True:  # skip headers
+            authorization = b""
+            for _ in range(_MAX_HEADERS):
                 line = await asyncio.wait_for(reader.readline(), 5)
                 if line in (b"\r\n", b"\n", b""):
                     break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"authorization":
+                    authorization = value.strip()
+            else:
+                await self._send(writer, 400, b"too many headers\n")
+                return
             parts = request_line.decode("latin-1").split()
             if len(parts) < 2:
                 await self._send(writer, 400, b"bad request\n")
@@ -77,6 +100,10 @@ class AdminServer:
             method, target = parts[0], parts[1].split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 await self._send(writer, 405, b"only GET\n")
+                return
+            if target not in _PUBLIC and not self._authorized(authorization):
+                self._metrics.admin_unauthorized.inc()
+                await self._send(writer, 401, b"unauthorized: send Authorization: Bearer <admin.token>\n")
                 return
             status, body, ctype = self._route(target)
             await self._send(writer, status, b"" if method == "HEAD" else body, ctype)
@@ -86,6 +113,12 @@ class AdminServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _authorized(self, authorization: bytes) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = authorization.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
 
     def _route(self, target: str) -> tuple[int, bytes, str]:
         if target == "/healthz":
@@ -103,6 +136,7 @@ class AdminServer:
         reason = {
             200: "OK",
             400: "Bad Request",
+            401: "Unauthorized",
             404: "Not Found",
             405: "Method Not Allowed",
             503: "Service Unavailable",

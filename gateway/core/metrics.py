@@ -88,3 +88,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # security (labels are fixed codes, never usernames, topics or secrets)
+        self.auth_failures = Counter(
+            p + "auth_failures", "Connections refused by the embedded broker, by reason.", ["reason"], registry=r
+        )
+        self.acl_denied = Counter(
+            p + "acl_denied", "Publishes/subscriptions refused by the ACL, by action.", ["action"], registry=r
+        )
+        self.rate_limited = Counter(p + "rate_limited", "Messages dead-lettered by a device's rate limit.", registry=r)
+        self.admin_unauthorized = Counter(
+            p + "admin_unauthorized", "Admin requests refused for a missing or wrong bearer token.", registry=r
+        )

@@ -48,6 +48,7 @@ from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
 from gateway.ingress.base import IngressError, MessageHandler
 from gateway.ingress.config import ClientIngressConfig
+from gateway.security.tls import TlsConfigError, client_context
 
 log = logging.getLogger("gateway.ingress.client")
 
@@ -279,11 +280,11 @@ class ClientIngress:
 
     # -- helpers ------------------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext | None:
+        c = self.config
         try:
-            return ssl.create_default_context(cafile=self.config.ca_file) if self.config.tls else None
-        except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise IngressError(f"ingress.ca_file: cannot load {self.config.ca_file!r}: {reason}") from None
+            return client_context(c.ca_file, c.cert_file, c.key_file) if c.tls else None
+        except TlsConfigError as exc:
+            raise IngressError(str(exc)) from None
 
     def _fail(self, error: IngressError) -> IngressError:
         self._setup_error = error

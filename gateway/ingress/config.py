@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from gateway.core.duration import Duration
+from gateway.security.config import AclConfig, AuthConfig, ListenerTlsConfig, is_loopback
 
 _MAX_SESSION_EXPIRY = timedelta(seconds=0xFFFFFFFF)  # MQTT 5: a four-byte integer of seconds
 _MAX_KEEPALIVE = timedelta(seconds=0xFFFF)  # MQTT: a two-byte integer of seconds
@@ -32,10 +33,16 @@ class EmbeddedIngressConfig(BaseModel):
     )
     port: int = Field(1883, ge=1, le=65535, description="TCP port devices connect to.")
     max_connections: int = Field(10000, ge=1, description="Concurrent device connections; more wait to be accepted.")
-    allow_anonymous: bool = Field(
-        True,
-        description="true: any client may connect. false: a client must send a username; amqtt's anonymous "
-        "plugin does NOT check passwords, so this is not authentication.",
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,
+        description="password_file (users managed with `gateway passwd`) and allow_anonymous (default: only on "
+        "a loopback listener).",
+    )
+    acl: AclConfig = Field(
+        default_factory=AclConfig, description="Topics authenticated devices and operators may publish/subscribe to."
+    )
+    tls: ListenerTlsConfig = Field(
+        default_factory=ListenerTlsConfig, description="TLS for the listener, optionally with client certificates."
     )
     max_queued_per_connection: int = Field(
         1000,
@@ -47,6 +54,23 @@ class EmbeddedIngressConfig(BaseModel):
         timedelta(seconds=5),
         description="On stop, how long messages the broker already accepted are still handed to the pipeline.",
     )
+
+    @property
+    def allow_anonymous(self) -> bool:
+        """Whether clients without credentials are accepted: `auth.allow_anonymous`, by default
+        true on a loopback listener and false otherwise."""
+        return self.auth.allow_anonymous if self.auth.allow_anonymous is not None else is_loopback(self.host)
+
+    @model_validator(mode="after")
+    def _check_someone_can_connect(self) -> EmbeddedIngressConfig:
+        if not self.allow_anonymous and not self.auth.password_file and not self.tls.ca_file:
+            where = "" if is_loopback(self.host) else f" on the exposed address {self.host}"
+            raise ValueError(
+                f"the listener{where} refuses anonymous clients but has no auth.password_file and no tls.ca_file "
+                "(client certificates): no device could connect. Add users with `gateway passwd add`, or set "
+                "auth.allow_anonymous: true to accept anyone (not recommended off loopback)"
+            )
+        return self
 
 
 class ClientIngressConfig(BaseModel):
@@ -82,6 +106,8 @@ class ClientIngressConfig(BaseModel):
     reconnect_max: Duration = Field(timedelta(seconds=30), description="Largest reconnect delay (jittered).")
     tls: bool = Field(False, description="Connect with TLS, verifying the broker's certificate.")
     ca_file: str | None = Field(None, description="CA bundle to verify the broker (tls: true); system CAs if unset.")
+    cert_file: str | None = Field(None, description="Client certificate (PEM) presented to the broker (tls: true).")
+    key_file: str | None = Field(None, description="Private key (PEM) of cert_file.")
     max_inflight: int = Field(
         1000,
         ge=1,
@@ -141,12 +167,18 @@ class ClientIngressConfig(BaseModel):
             raise ValueError(f"must be at least reconnect_min ({low.total_seconds():g}s)")
         return value
 
-    @field_validator("ca_file")
+    @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _check_ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not info.data.get("tls"):
             raise ValueError("is set but tls is false; set tls: true to use it")
         return value
+
+    @model_validator(mode="after")
+    def _check_client_cert(self) -> ClientIngressConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
 
     def subscription_filter(self, topic_filter: str) -> str:
         """The filter actually subscribed to: `$share/<group>/<filter>` with a shared group."""

@@ -21,8 +21,14 @@ What is NOT promised (amqtt's limits):
   handler runs. A QoS 1 acknowledgement therefore means "the gateway process has it in
   memory", not "it is on the bus": a crash, a connection dropped with publishes still
   queued (silently), or a stop that outlasts `stop_timeout` (logged) loses them.
-* `allow_anonymous: false` only requires a username; passwords are not checked.
 * Messages forwarded to subscribed devices are buffered by amqtt without a bound.
+
+Security (`ingress.auth`, `ingress.acl`, `ingress.tls`; `gateway.security.amqtt_broker`):
+CONNECTs are authenticated (password file, client certificate CN, or anonymous where
+allowed) before amqtt touches any session; publishes and subscriptions are checked by the
+ACL, and a refused publish is counted, logged and never handed to the handler. A message
+from an authenticated client reaches the handler as an `AuthenticatedMessage` carrying its
+identity.
 
 `run` sets amqtt's (noisy) loggers to WARNING.
 """
@@ -34,12 +40,12 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import BrokerError
 from amqtt.events import BrokerEvents, MQTTEvents
@@ -49,6 +55,11 @@ from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
 from gateway.ingress.base import IngressError, MessageHandler
 from gateway.ingress.config import EmbeddedIngressConfig
+from gateway.security.amqtt_broker import SecureBroker, identity_of
+from gateway.security.broker_auth import BrokerSecurity
+from gateway.security.identity import AuthenticatedMessage
+from gateway.security.passwords import PasswordFileError
+from gateway.security.tls import TlsConfigError, server_context
 
 log = logging.getLogger("gateway.ingress.embedded")
 
@@ -67,6 +78,7 @@ class EmbeddedIngress:
         self.config = config
         self._metrics = metrics
         self._received = metrics.messages_received.labels(self.name)
+        self._security = BrokerSecurity(config.auth, config.acl, config.host, metrics)
         self._handler: MessageHandler | None = None
         self._broker: _GatewayBroker | None = None
         self._listening = False
@@ -103,7 +115,14 @@ class EmbeddedIngress:
             logging.getLogger(name).setLevel(logging.WARNING)
         try:
             await self._check_port()
-            broker = _GatewayBroker(self._broker_config(), self)
+            try:
+                self._security.load()
+                tls = server_context(self.config.tls) if self.config.tls.enabled else None
+            except PasswordFileError as exc:
+                raise IngressError(f"ingress.auth.password_file: {exc}") from None
+            except TlsConfigError as exc:
+                raise IngressError(str(exc)) from None
+            broker = _GatewayBroker(self._broker_config(), self, tls)
             try:
                 await broker.start()
             except BrokerError as exc:
@@ -151,7 +170,14 @@ class EmbeddedIngress:
         packet = message.publish_packet
         stamp = packet.protocol_ts if packet is not None else None
         received_ns = (stamp - _EPOCH) // _MICROSECOND * 1000 if stamp is not None else time.time_ns()
-        raw = RawMessage(message.topic, bytes(message.data), message.qos or 0, received_ns, session.client_id)
+        identity = identity_of(session)
+        raw: RawMessage
+        if identity is not None and identity.restricted:
+            raw = AuthenticatedMessage(
+                message.topic, bytes(message.data), message.qos or 0, received_ns, session.client_id, identity
+            )
+        else:
+            raw = RawMessage(message.topic, bytes(message.data), message.qos or 0, received_ns, session.client_id)
         self._received.inc()
         task = asyncio.current_task()
         if task is not None:
@@ -167,11 +193,14 @@ class EmbeddedIngress:
     # -- setup and shutdown -----------------------------------------------------------------
     def _broker_config(self) -> dict[str, Any]:
         c = self.config
-        listener = {"type": "tcp", "bind": f"{c.host}:{c.port}", "max_connections": c.max_connections}
-        return {
-            "listeners": {"default": listener},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": c.allow_anonymous}},
+        listener = {
+            "type": "tcp",
+            "bind": f"{c.host}:{c.port}",
+            "max_connections": c.max_connections,
+            "ssl": c.tls.enabled,
         }
+        # No amqtt plugins: authentication and the ACL are SecureBroker's own (see its docstring).
+        return {"listeners": {"default": listener}, "plugins": {}}
 
     async def _check_port(self) -> None:
         """Bind the address once ourselves, so that the operator gets a precise error."""
@@ -225,11 +254,11 @@ class EmbeddedIngress:
             quiet = quiet + 1 if broker.queued() == 0 and not self._busy else 0
 
 
-class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's broker with two hooks: the backpressure gate and the hand-over to the gateway."""
+class _GatewayBroker(SecureBroker):
+    """The secured amqtt broker with two hooks: the backpressure gate and the hand-over to the gateway."""
 
-    def __init__(self, config: dict[str, Any], ingress: EmbeddedIngress) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict[str, Any], ingress: EmbeddedIngress, tls: ssl.SSLContext | None) -> None:
+        super().__init__(config, ingress._security, tls)
         self._ingress = ingress
         fire_event: Callable[..., Awaitable[None]] = self.plugins_manager.fire_event
 

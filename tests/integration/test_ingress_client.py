@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -127,7 +128,8 @@ async def test_failed_handler_leaves_the_message_unacknowledged_and_it_is_redeli
     # At least once, in order: closing a socket with unread data resets the connection, so the
     # broker may miss the last PUBACKs sent before the reconnect and deliver those again.
     assert list(dict.fromkeys(handler.payloads)) == expected
-    assert len(handler.payloads) - len(expected) <= 5
+    duplicates = {p for p, n in Counter(handler.payloads).items() if n > 1}
+    assert duplicates <= set(expected[:10]), "only messages acknowledged before the failure may come twice"
     assert "handler failed" in caplog.text
     assert sample(metrics, "gateway_broker_reconnects_total") >= 1
 

@@ -119,7 +119,8 @@ async def test_slow_handler_stops_reading_and_stop_hands_over_what_was_acknowled
     await ingress.wait_started()
     async with aiomqtt.Client("127.0.0.1", port, identifier="emb-device-3") as device:
         publisher = asyncio.create_task(publish_all(device))
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: len(acknowledged) >= limit)
+        await asyncio.sleep(0.5)
         # One message in the handler, `limit` queued; the next one is read but waits at the gate.
         assert limit <= len(acknowledged) <= limit + 2, acknowledged
         stopping = asyncio.create_task(ingress.stop())

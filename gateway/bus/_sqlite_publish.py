@@ -1,0 +1,158 @@
+"""Publishing on the SQLite bus: flow control, the disk bound, sequence numbers, hand-over to the writer.
+
+Private to `gateway.bus.sqlite` (whose docstring states the guarantees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from gateway.bus._sqlite_bus import SQLiteBusCore
+from gateway.bus._sqlite_segments import RECORD_OVERHEAD, Chunk
+from gateway.bus._sqlite_subscription import DurableSubscription
+from gateway.bus.codec import encode_many
+from gateway.core.bus import OutgoingMessage
+
+log = logging.getLogger("gateway.bus.sqlite")
+
+
+class SQLiteBusPublishing(SQLiteBusCore):
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> int:
+        """Store and hold every message for every subscription of `topic`; return once committed.
+
+        Waits while a subscription is full or (`full_policy: block`) the disk bound is
+        reached. Raises KeyError for an unknown topic, CodecError (a ValueError) for data that
+        cannot be stored (then nothing of the call is published) and BusClosed once closed.
+        Not atomic under backpressure: the prefix handed over before a wait stays published.
+        """
+        self._check_open()
+        subs = self._topics.get(topic)
+        if subs is None:
+            raise KeyError(f"topic {topic!r} does not exist (create_topic first)")
+        n = len(messages)
+        if not subs or not n:
+            return len(subs)
+        blobs = encode_many([m.data for m in messages])
+        stored = [
+            RECORD_OVERHEAD + len(b) + (len(m.ordering_key) if m.ordering_key is not None else 0)
+            for b, m in zip(blobs, messages, strict=True)
+        ]
+        self._seal()
+        start = 0
+        blocked = 0.0
+        done: asyncio.Future[None] | None = None
+        try:
+            while start < n:
+                stop, nbytes, wait_on = self._fit(subs, messages, stored, start)
+                if stop > start:
+                    done = self._hold(topic, subs, messages, blobs, stored[start:stop], start, stop, nbytes)
+                    start = stop
+                    continue
+                assert wait_on is not None
+                t0 = time.monotonic()
+                wait_on.clear()
+                try:
+                    await wait_on.wait()
+                finally:
+                    blocked += time.monotonic() - t0
+                self._check_open()
+            if done is not None:
+                await done
+        finally:
+            if blocked and self._metrics is not None:
+                self._metrics.publish_blocked_seconds.labels(topic).inc(blocked)
+        return len(subs)
+
+    def _fit(
+        self, subs: tuple[DurableSubscription, ...], messages: Sequence[OutgoingMessage], stored: list[int], start: int
+    ) -> tuple[int, int, asyncio.Event | None]:
+        """The end of the run from `start` that can be held now and its bytes, or what to wait for.
+
+        Like the memory bus, a limit takes messages while it is not reached yet, so it may be
+        exceeded by one message (flow control, and the disk bound under `block`).
+        """
+        room_n = min(s.max_messages - s.count for s in subs)
+        room_b = min(s.max_bytes - s.bytes for s in subs)
+        if room_n <= 0 or room_b <= 0:
+            return start, 0, next(s for s in subs if s.full).space
+        disk_room = self._max_bytes - self._ledger.unacked_bytes if not self._drop_oldest else 1 << 62
+        if disk_room <= 0:
+            return start, 0, self._disk_space
+        stop = min(len(messages), start + room_n)
+        nbytes = 0
+        dbytes = 0
+        k = start
+        while k < stop and nbytes < room_b and dbytes < disk_room:
+            nbytes += messages[k].size
+            dbytes += stored[k]
+            k += 1
+        return k, nbytes, None
+
+    def _hold(
+        self,
+        topic: str,
+        subs: tuple[DurableSubscription, ...],
+        messages: Sequence[OutgoingMessage],
+        blobs: list[bytes],
+        sizes: list[int],
+        start: int,
+        stop: int,
+        nbytes: int,
+    ) -> asyncio.Future[None]:
+        """Hold `messages[start:stop]` (stored sizes `sizes`) for `subs`; the future resolves once committed."""
+        if self._drop_oldest:
+            self._make_room(sum(sizes))
+        first = self._next_seq
+        self._next_seq = first + (stop - start)
+        publish_ns = time.time_ns()
+        self._ledger.hold(first, sizes, len(subs))
+        for sub in subs:
+            sub.add_at(first, messages, start, stop, nbytes, publish_ns)
+        part = messages[start:stop]
+        chunk = Chunk(
+            first,
+            self._topic_ids[topic],
+            publish_ns,
+            [m.size for m in part],
+            [m.ordering_key for m in part],
+            blobs[start:stop],
+        )
+        with self._writer.batch() as p:
+            p.chunks.append(chunk)
+            done = self._writer.waiter(p)
+        self._count_published(topic, stop - start)
+        return done
+
+    def _make_room(self, need: int) -> None:
+        """drop_oldest: settle the oldest unacked messages for every subscription until `need`
+        more bytes fit in max_bytes (their segments go with the next trim to max_bytes)."""
+        ledger = self._ledger
+        if ledger.unacked_bytes + need <= self._max_bytes:
+            return
+        now = time.monotonic()
+        dropped: dict[int, list[int]] = {}
+        touched: dict[int, DurableSubscription] = {}
+        count = 0
+        for seq in ledger.oldest():
+            count += 1
+            for sub in self._subs.values():
+                if sub.drop(seq, now):
+                    touched[sub.sub_id] = sub
+                    dropped.setdefault(sub.sub_id, []).append(seq)
+            if ledger.unacked_bytes + need <= self._max_bytes:
+                break
+        if not count:
+            return
+        with self._writer.batch() as p:
+            for sid, seqs in dropped.items():
+                self._settle(p, touched[sid], seqs)
+        self._dropped += count
+        log.warning(
+            "bus disk bound reached (max_bytes=%d): dropped the %d oldest unacked message(s); %d dropped since start",
+            self._max_bytes,
+            count,
+            self._dropped,
+        )

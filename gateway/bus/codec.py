@@ -1,0 +1,153 @@
+"""The compact byte form of bus message data, for durable bus backends.
+
+`encode(data) -> bytes` and `decode(blob) -> data`. The first byte is a type tag, the rest
+is orjson output:
+
+* `R` + `[measurement, device_id, tags, fields, time_ns, received_ns]`: a `Reading`.
+* `r` + the same plus a map of the fields JSON cannot carry (NaN, ±inf, integers beyond
+  64 bits), written as text and restored on decode. Only such readings take this path.
+* `D` + `[topic, reason, source, received_ns, client_id, attempts]` + a newline + the raw
+  payload bytes: a `DeadLetter`. orjson never writes a raw newline, so the first one ends
+  the JSON; the payload is kept byte for byte (no base64).
+* `J` + JSON: any other value made only of None, bool, int (64-bit), finite float, str,
+  list and dict with str keys.
+
+Guarantee: `decode(encode(x)) == x`, with the same types, for every value `encode`
+accepts (a `Reading` whose tags and fields hold what `gateway.core.message` says they
+hold, any `DeadLetter` whose text fields are valid UTF-8, and the plain JSON values above).
+Anything else (a tuple, a set, another dataclass, a string with lone surrogates, an
+integer beyond 64 bits outside a reading's fields) raises `CodecError` instead of being
+stored in an altered form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import orjson
+
+from gateway.core.message import DeadLetter, Reading
+
+_READING = ord("R")
+_READING_SPECIAL = ord("r")
+_DEAD_LETTER = ord("D")
+_JSON = ord("J")
+
+
+class CodecError(ValueError):
+    """The data cannot be stored exactly, or stored bytes are not a valid encoding."""
+
+
+def encode(data: object) -> bytes:
+    """The stored form of `data`; raises CodecError for what would not round-trip."""
+    kind = type(data)
+    try:
+        if kind is Reading:
+            return _encode_reading(cast(Reading, data))
+        if kind is DeadLetter:
+            d = cast(DeadLetter, data)
+            if type(d.payload) is not bytes:
+                raise CodecError(f"DeadLetter.payload must be bytes, not {type(d.payload).__name__}")
+            head = orjson.dumps((d.topic, d.reason, d.source, d.received_ns, d.client_id, d.attempts))
+            return b"D" + head + b"\n" + d.payload
+        _check_json(data)
+        return b"J" + orjson.dumps(data)
+    except TypeError as exc:  # orjson: unsupported type, lone surrogate, integer beyond 64 bits
+        raise CodecError(f"cannot encode {kind.__name__}: {exc}") from None
+
+
+def encode_many(items: list[object]) -> list[bytes]:
+    """`[encode(x) for x in items]`, with the common case (a plain `Reading`) inlined."""
+    dumps = orjson.dumps
+    out: list[bytes] = []
+    append = out.append
+    for d in items:
+        if type(d) is Reading:
+            r: Reading = d
+            try:
+                body = dumps((r.measurement, r.device_id, r.tags, r.fields, r.time_ns, r.received_ns))
+            except TypeError:
+                body = b"null"  # the general path decides
+            append(b"R" + body if b"null" not in body else encode(r))
+        else:
+            append(encode(d))
+    return out
+
+
+def decode(blob: bytes) -> Any:
+    """The value `encode` turned into `blob`; raises CodecError for bytes it did not write."""
+    if not blob:
+        raise CodecError("empty message data")
+    tag = blob[0]
+    body = memoryview(blob)[1:]
+    try:
+        if tag == _READING:
+            t = orjson.loads(body)
+            return Reading(t[0], t[1], t[2], t[3], t[4], t[5])
+        if tag == _DEAD_LETTER:
+            cut = blob.index(b"\n")
+            h = orjson.loads(body[: cut - 1])
+            return DeadLetter(h[0], blob[cut + 1 :], h[1], h[2], h[3], h[4], h[5])
+        if tag == _JSON:
+            return orjson.loads(body)
+        if tag == _READING_SPECIAL:
+            t = orjson.loads(body)
+            fields = t[3]
+            for key, (kind, text) in t[6].items():
+                fields[key] = float(text) if kind == "f" else int(text)
+            return Reading(t[0], t[1], t[2], fields, t[4], t[5])
+    except (orjson.JSONDecodeError, ValueError, IndexError, TypeError, AttributeError, KeyError) as exc:
+        raise CodecError(f"invalid stored message data: {exc}") from None
+    raise CodecError(f"unknown type tag {tag!r} in stored message data")
+
+
+def _encode_reading(r: Reading) -> bytes:
+    try:
+        out = orjson.dumps((r.measurement, r.device_id, r.tags, r.fields, r.time_ns, r.received_ns))
+    except TypeError:
+        out = b""  # maybe an integer field beyond 64 bits: the special path decides
+    if out and b"null" not in out:
+        return b"R" + out
+    special: dict[str, tuple[str, str]] = {}
+    fields: dict[str, Any] = {}
+    for key, value in r.fields.items():
+        if type(value) is float and not math.isfinite(value):
+            special[key] = ("f", repr(value))
+            fields[key] = None
+        elif type(value) is int and not -(2**63) <= value < 2**64:
+            special[key] = ("i", str(value))
+            fields[key] = None
+        elif value is None:
+            raise CodecError(f"Reading field {key!r} is None")
+        else:
+            fields[key] = value
+    if not special:
+        if not out:  # the failure was elsewhere: let orjson say where
+            orjson.dumps((r.measurement, r.device_id, r.tags, r.fields, r.time_ns, r.received_ns))
+        if b"null" in out and any(v is None for v in r.tags.values()):
+            raise CodecError("Reading tags hold None")
+        return b"R" + out
+    return b"r" + orjson.dumps((r.measurement, r.device_id, r.tags, fields, r.time_ns, r.received_ns, special))
+
+
+def _check_json(value: object) -> None:
+    """Raise CodecError unless `value` is plain JSON that decodes to an equal value of the same types."""
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is str:
+        return
+    if kind is float:
+        if not math.isfinite(cast(float, value)):
+            raise CodecError(f"non-finite float {value!r} would not round-trip")
+        return
+    if kind is list:
+        for item in cast(list[object], value):
+            _check_json(item)
+        return
+    if kind is dict:
+        for key, item in cast(dict[object, object], value).items():
+            if type(key) is not str:
+                raise CodecError(f"dict key {key!r} is not a str")
+            _check_json(item)
+        return
+    raise CodecError(f"{kind.__name__} cannot be stored exactly (Reading, DeadLetter or plain JSON values only)")
