@@ -32,10 +32,21 @@ def summary(settings: GatewaySettings, path: Path) -> str:
     ing = settings.ingress
     if isinstance(ing, EmbeddedIngressConfig):
         out.append(f"ingress    embedded MQTT broker (amqtt) on {ing.host}:{ing.port}")
+        auth = f"password file {ing.auth.password_file}" if ing.auth.password_file else "no password file"
+        anonymous = "anonymous allowed" if ing.allow_anonymous else "anonymous refused"
+        tls = "TLS" + (" + client certificates" if ing.tls.ca_file else "") if ing.tls.enabled else "no TLS"
+        out.append(f"  auth     {auth}, {anonymous}, {tls}; devices publish to {', '.join(ing.acl.publish)}")
     elif isinstance(ing, ClientIngressConfig):
         group = f", shared group {ing.shared_group!r}" if ing.shared_group else ""
         out.append(f"ingress    client of mqtt://{ing.host}:{ing.port} as {ing.client_id!r}, QoS {ing.qos}{group}")
     out.append(f"data dir   {settings.data_dir}")
+    sec = settings.security
+    limit = (
+        f"{sec.rate_limit.messages_per_second:g} msg/s per device (burst {sec.rate_limit.burst})"
+        if sec.rate_limit
+        else "no rate limit"
+    )
+    out.append(f"limits     topic depth {sec.max_topic_levels}, {limit}, payload {settings.validation.max_payload_bytes} bytes")
     out.append("routes")
     for r in settings.routes:
         out.append(f"  {r.pattern:<40} -> schema {r.schema_name}")
