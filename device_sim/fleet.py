@@ -1,7 +1,9 @@
 """The fleet: device ids, sites, topics, and the message generator.
 
 `Fleet.message(g)` builds message `g` of the fleet (see `device_sim.pacing` for how `g`
-maps to a device and a due time). It is a pure function of (config, start_ns, g): the same
+maps to a device and a due time). `start_ns` (the epoch-ns timestamp base) may be set
+until the first message is generated; the runner sets it once the connections are up.
+`message` is a pure function of (config, start_ns, g): the same
 seed and start give byte-identical payloads in any order and any process, which is what
 lets the load mode split one fleet over processes and pre-serialise ahead of time.
 
