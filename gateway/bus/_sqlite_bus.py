@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 
 from prometheus_client import Counter
@@ -21,8 +20,8 @@ from prometheus_client import Counter
 from gateway.bus._queue import Exhausted
 from gateway.bus._sqlite_ledger import MAX_FAN_OUT, Ledger
 from gateway.bus._sqlite_pending import Pending
-from gateway.bus._sqlite_segments import RECORD_OVERHEAD, Chunk
-from gateway.bus._sqlite_store import Loaded
+from gateway.bus._sqlite_segments import Chunk
+from gateway.bus._sqlite_store import Loaded, StorageStats
 from gateway.bus._sqlite_subscription import DurableSubscription
 from gateway.bus._sqlite_writer import Writer
 from gateway.bus.codec import CodecError, encode
@@ -33,20 +32,9 @@ from gateway.core.metrics import Metrics
 log = logging.getLogger("gateway.bus.sqlite")
 
 
-@dataclass(frozen=True, slots=True)
-class StorageStats:
-    """Counters of the database as a whole (`SQLiteBus.storage_stats()`)."""
-
-    stored_messages: int  # rows in the log: unacked, plus acked ones kept by retention
-    stored_bytes: int  # their encoded size (the file is larger: SQLite's pages and the WAL)
-    unacked_messages: int  # stored messages some subscription still holds
-    unacked_bytes: int  # what `max_bytes` bounds under `full_policy`
-    dropped_oldest: int  # unacked messages deleted by `full_policy: drop_oldest` since open
-    retention_deleted: int  # acked messages deleted by retention since open
-    commits: int  # group commits since open
-
-
 class SQLiteBusCore:
+    """State shared by the layers of the SQLite bus, and everything but publishing and pulling."""
+
     def __init__(self, writer: Writer, max_bytes: int, drop_oldest: bool, metrics: Metrics | None) -> None:
         self._writer = writer
         self._max_bytes = max_bytes
@@ -54,6 +42,7 @@ class SQLiteBusCore:
         self._metrics = metrics
         self._opened = False
         self._closed = False
+        self._flushing = False
         self._sealed = False
         self._restored: Loaded | None = None
         self._topics: dict[str, tuple[DurableSubscription, ...]] = {}
@@ -247,7 +236,7 @@ class SQLiteBusCore:
         publish_ns = time.time_ns()
         sizes = [o.size for o in letters]
         p.chunks.append(Chunk(first, self._topic_ids[topic], publish_ns, sizes, [None] * len(letters), blobs))
-        self._ledger.hold(first, [RECORD_OVERHEAD + len(b) for b in blobs], len(targets))
+        self._ledger.hold(first, list(map(len, blobs)), len(targets))
         for t in targets:
             over = t.add_at(first, letters, 0, len(letters), sum(sizes), publish_ns, forced=True)
             if over:

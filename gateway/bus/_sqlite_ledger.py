@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from gateway.bus._sqlite_segments import RECORD_OVERHEAD
+
 MAX_FAN_OUT = 1023
 
 
@@ -30,13 +32,14 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._live)
 
-    def hold(self, first_seq: int, sizes: list[int], refs: int) -> None:
-        """New messages `first_seq...` (stored sizes `sizes`), held by `refs` subscriptions."""
-        stop = first_seq + len(sizes)
-        self._live.update(zip(range(first_seq, stop), [n * 1024 + refs for n in sizes], strict=True))
+    def hold(self, first_seq: int, data_sizes: list[int], refs: int) -> None:
+        """New messages `first_seq...` (encoded data sizes `data_sizes`), held by `refs` subscriptions."""
+        stop = first_seq + len(data_sizes)
+        extra = RECORD_OVERHEAD * 1024 + refs
+        self._live.update(zip(range(first_seq, stop), [n * 1024 + extra for n in data_sizes], strict=True))
         if self._track:
             self._order.extend(range(first_seq, stop))
-        self.unacked_bytes += sum(sizes)
+        self.unacked_bytes += sum(data_sizes) + RECORD_OVERHEAD * len(data_sizes)
 
     def hold_restored(self, seq: int, nbytes: int) -> None:
         """One more subscription holds `seq` (at startup; call `sort` once all are restored)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Sequence
 
@@ -17,9 +18,14 @@ from gateway.bus.codec import encode_many
 from gateway.core.bus import OutgoingMessage
 
 log = logging.getLogger("gateway.bus.sqlite")
+_DATA = operator.attrgetter("data")
+_SIZE = operator.attrgetter("size")
+_KEY = operator.attrgetter("ordering_key")
 
 
 class SQLiteBusPublishing(SQLiteBusCore):
+    """`SQLiteBusCore` plus `publish`."""
+
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> int:
         """Store and hold every message for every subscription of `topic`; return once committed.
 
@@ -35,20 +41,16 @@ class SQLiteBusPublishing(SQLiteBusCore):
         n = len(messages)
         if not subs or not n:
             return len(subs)
-        blobs = encode_many([m.data for m in messages])
-        stored = [
-            RECORD_OVERHEAD + len(b) + (len(m.ordering_key) if m.ordering_key is not None else 0)
-            for b, m in zip(blobs, messages, strict=True)
-        ]
+        blobs = encode_many(list(map(_DATA, messages)))
         self._seal()
         start = 0
         blocked = 0.0
         done: asyncio.Future[None] | None = None
         try:
             while start < n:
-                stop, nbytes, wait_on = self._fit(subs, messages, stored, start)
+                stop, nbytes, wait_on = self._fit(subs, messages, blobs, start)
                 if stop > start:
-                    done = self._hold(topic, subs, messages, blobs, stored[start:stop], start, stop, nbytes)
+                    done = self._hold(topic, subs, messages, blobs, start, stop, nbytes)
                     start = stop
                     continue
                 assert wait_on is not None
@@ -67,7 +69,7 @@ class SQLiteBusPublishing(SQLiteBusCore):
         return len(subs)
 
     def _fit(
-        self, subs: tuple[DurableSubscription, ...], messages: Sequence[OutgoingMessage], stored: list[int], start: int
+        self, subs: tuple[DurableSubscription, ...], messages: Sequence[OutgoingMessage], blobs: list[bytes], start: int
     ) -> tuple[int, int, asyncio.Event | None]:
         """The end of the run from `start` that can be held now and its bytes, or what to wait for.
 
@@ -87,7 +89,7 @@ class SQLiteBusPublishing(SQLiteBusCore):
         k = start
         while k < stop and nbytes < room_b and dbytes < disk_room:
             nbytes += messages[k].size
-            dbytes += stored[k]
+            dbytes += RECORD_OVERHEAD + len(blobs[k])
             k += 1
         return k, nbytes, None
 
@@ -97,29 +99,23 @@ class SQLiteBusPublishing(SQLiteBusCore):
         subs: tuple[DurableSubscription, ...],
         messages: Sequence[OutgoingMessage],
         blobs: list[bytes],
-        sizes: list[int],
         start: int,
         stop: int,
         nbytes: int,
     ) -> asyncio.Future[None]:
-        """Hold `messages[start:stop]` (stored sizes `sizes`) for `subs`; the future resolves once committed."""
+        """Hold `messages[start:stop]` for `subs`; the future resolves once they are committed."""
+        part = messages[start:stop]
+        data = blobs[start:stop]
+        data_sizes = list(map(len, data))
         if self._drop_oldest:
-            self._make_room(sum(sizes))
+            self._make_room(sum(data_sizes) + RECORD_OVERHEAD * len(data))
         first = self._next_seq
         self._next_seq = first + (stop - start)
         publish_ns = time.time_ns()
-        self._ledger.hold(first, sizes, len(subs))
+        self._ledger.hold(first, data_sizes, len(subs))
         for sub in subs:
             sub.add_at(first, messages, start, stop, nbytes, publish_ns)
-        part = messages[start:stop]
-        chunk = Chunk(
-            first,
-            self._topic_ids[topic],
-            publish_ns,
-            [m.size for m in part],
-            [m.ordering_key for m in part],
-            blobs[start:stop],
-        )
+        chunk = Chunk(first, self._topic_ids[topic], publish_ns, list(map(_SIZE, part)), list(map(_KEY, part)), data)
         with self._writer.batch() as p:
             p.chunks.append(chunk)
             done = self._writer.waiter(p)

@@ -14,8 +14,9 @@ packing and unpacking are mostly C-level work:
     int32[count] sizes | int32[count] ordering key lengths (-1: no key) | uint32[count] data lengths
     the ordering keys (UTF-8), concatenated | the message data (`gateway.bus.codec`), concatenated
 
-`stored_size` (data + key + `RECORD_OVERHEAD` for the three columns) is what a message
-counts towards `max_bytes`; the chunk header is not counted.
+`stored_size` (data + `RECORD_OVERHEAD` for its three column entries) is what a message
+counts towards `max_bytes`; its ordering key, the chunk header and SQLite's own overhead
+are not counted (the key is a device id: small next to the data).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class Chunk:
 Segment = tuple[int, int, int, int, int, bytes]  # first_seq, last_seq, topic_id, newest publish_ns, count, data
 
 
-def stored_size(data: bytes, key: str | None) -> int:
-    """What one message counts towards `max_bytes` (keys are counted in characters)."""
-    return RECORD_OVERHEAD + len(data) + (len(key) if key is not None else 0)
+def stored_size(data: bytes) -> int:
+    """What one message counts towards `max_bytes`."""
+    return RECORD_OVERHEAD + len(data)
 
 
 def pack(chunks: list[Chunk]) -> list[Segment]:

@@ -37,6 +37,19 @@ _NO_LIMIT = 2**63 - 1
 RestoredRow = tuple[int, int, str | None, int, int, object]  # seq, publish_ns, key, size, stored size, data
 
 
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    """Counters of the database as a whole (`SQLiteBus.storage_stats()`)."""
+
+    stored_messages: int  # rows in the log: unacked, plus acked ones kept by retention
+    stored_bytes: int  # their encoded size (the file is larger: SQLite's pages and the WAL)
+    unacked_messages: int  # stored messages some subscription still holds
+    unacked_bytes: int  # what `max_bytes` bounds under `full_policy`
+    dropped_oldest: int  # unacked messages deleted by `full_policy: drop_oldest` since open
+    retention_deleted: int  # acked messages deleted by retention since open
+    commits: int  # group commits since open
+
+
 @dataclass(slots=True)
 class StoredSub:
     """A subscription as found in the database."""
@@ -122,7 +135,7 @@ class Store:
                         if seq < lowest or (exact and all(seq < h.floor or seq in h.settled for h in holders)):
                             continue
                         try:
-                            out.append((seq, ns, key, size, stored_size(body, key), decode(body)))
+                            out.append((seq, ns, key, size, stored_size(body), decode(body)))
                         except CodecError:
                             undecodable.append(str(seq))
                 except CodecError:  # the segment's framing is damaged: the rest of it is unreadable
@@ -205,29 +218,32 @@ class Store:
             self._deleted(deleted)
 
     def _trim_to_size(self) -> None:
-        """Delete the oldest settled segments until the stored bytes are within `max_bytes`, if possible."""
-        lws = self._low_waters()
-        after = -1
+        """Delete the oldest settled segments until the stored bytes are at most 90 % of `max_bytes`
+        (the margin keeps this from running at every commit), if there are enough of them."""
+        target = self.max_bytes * 9 // 10
         c = self.conn
-        while self.stored_bytes > self.max_bytes:
-            rows = c.execute(
-                "SELECT first_seq, last_seq, topic_id, count, length(data) FROM segments "
-                "WHERE first_seq > ? ORDER BY first_seq LIMIT 256",
-                (after,),
-            ).fetchall()
-            if not rows:
+        while self.stored_bytes > target:
+            candidates: list[tuple[int, int, int]] = []  # (first_seq, count, bytes), deletable only
+            for tid, lw in self._low_waters().items():
+                candidates += c.execute(
+                    "SELECT first_seq, count, length(data) FROM segments WHERE last_seq < ? AND topic_id = ? "
+                    "ORDER BY last_seq LIMIT 256",
+                    (lw, tid),
+                ).fetchall()
+            if not candidates:
                 return
-            victims: list[tuple[int, int]] = []
+            candidates.sort()
+            victims: list[int] = []
+            sizes: list[tuple[int, int]] = []
             freed = 0
-            for first, last, tid, count, n in rows:
-                if last < lws.get(tid, _NO_LIMIT):
-                    victims.append((count, n))
-                    freed += n
-                    c.execute("DELETE FROM segments WHERE first_seq = ?", (first,))
-                    if self.stored_bytes - freed <= self.max_bytes:
-                        break
-            self._deleted(victims)
-            after = rows[-1][0]
+            for first, count, n in candidates:
+                victims.append(first)
+                sizes.append((count, n))
+                freed += n
+                if self.stored_bytes - freed <= target:
+                    break
+            c.execute(f"DELETE FROM segments WHERE first_seq IN ({','.join(map(str, victims))})")
+            self._deleted(sizes)
 
     def _deleted(self, segments: list[tuple[int, int]]) -> None:
         """Account for deleted segments given as (message count, stored bytes)."""

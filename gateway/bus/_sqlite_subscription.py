@@ -8,8 +8,10 @@ deadlines, backoff, ordering, flow control: `gateway.bus._subscription`) unchang
 * `floor(next_seq)`: every message of the topic below it is settled (acked, dead-lettered
   or dropped) for this subscription. It is the smallest held sequence number, or
   `next_seq` when nothing is held; it never decreases.
-* `restore`: re-holds a message found in the database at startup, with its attempt count.
-* `drop`: removes a held message because the disk bound was reached (`full_policy:
+* `restore_from`: re-holds the messages found in the database at startup, with their
+  attempt counts.
+* `settle_acks`: `ack` that also says which sequence numbers it settled.
+* `drop`: settles a held message because the disk bound was reached (`full_policy:
   drop_oldest`), whether it is waiting or leased. A waiting one stays in the delivery queue
   marked `DROPPED` and is discarded when a pull reaches it (`discard_dropped`).
 """
@@ -154,7 +156,7 @@ class DurableSubscription(Subscription):
         return seqs
 
     def drop(self, seq: int, now: float) -> bool:
-        """Remove a held message for good (it is no longer stored); False if not held."""
+        """Settle a held message without delivering it again (its ack id dies); False if not held."""
         m = self.held.pop(seq, None)
         if m is None:
             return False

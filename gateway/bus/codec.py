@@ -23,12 +23,14 @@ stored in an altered form.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, cast
 
 import orjson
 
 from gateway.core.message import DeadLetter, Reading
 
+_READING_FIELDS = operator.attrgetter("measurement", "device_id", "tags", "fields", "time_ns", "received_ns")
 _READING = ord("R")
 _READING_SPECIAL = ord("r")
 _DEAD_LETTER = ord("D")
@@ -58,21 +60,17 @@ def encode(data: object) -> bytes:
 
 
 def encode_many(items: list[object]) -> list[bytes]:
-    """`[encode(x) for x in items]`, with the common case (a plain `Reading`) inlined."""
-    dumps = orjson.dumps
-    out: list[bytes] = []
-    append = out.append
-    for d in items:
-        if type(d) is Reading:
-            r: Reading = d
-            try:
-                body = dumps((r.measurement, r.device_id, r.tags, r.fields, r.time_ns, r.received_ns))
-            except TypeError:
-                body = b"null"  # the general path decides
-            append(b"R" + body if b"null" not in body else encode(r))
-        else:
-            append(encode(d))
-    return out
+    """`[encode(x) for x in items]`, faster when all items are `Reading`s (the hot path)."""
+    if set(map(type, items)) == {Reading}:
+        try:
+            bodies = list(map(orjson.dumps, map(_READING_FIELDS, items)))
+        except TypeError:  # an integer field beyond 64 bits: the general path handles it
+            bodies = []
+        # orjson writes NaN and infinities as null, which a Reading never holds otherwise;
+        # bodies are JSON arrays, so "null" cannot straddle two of them
+        if bodies and b"null" not in b"".join(bodies):
+            return [b"R" + b for b in bodies]
+    return [encode(d) for d in items]
 
 
 def decode(blob: bytes) -> Any:

@@ -8,37 +8,50 @@ message a subscription holds is also held in memory, so flow control
 
 * **Durability of publish.** `publish` returns once its messages are committed (group
   commit in one writer thread: publishes arriving during a commit share the next one). With
-  `synchronous: full` a committed message survives power loss (the WAL is fsynced at each
-  commit); with `normal` it survives a crash or `kill -9` of the process but not of the
-  machine (fsync only at checkpoints). Either way the database stays consistent.
-  Consumers may see a message before its `publish` returns.
-* **Positions survive restarts.** Acks, nacks' dead letters and drops are committed with
-  the next group commit (`ack` does not wait): after a crash, messages whose ack had not
-  been committed yet are delivered again (at least once); committed acks are never undone.
+  `synchronous: full` a committed message survives power loss and OS crashes (the WAL is
+  fsynced at each commit); with `normal` it survives a crash or `kill -9` of the process but
+  not of the machine (fsync only at checkpoints). Either way the database stays consistent:
+  a torn last write is rolled back by SQLite's WAL checksums. Consumers may see a message
+  before its `publish` returns. Not promised: a `publish` that raised or was cancelled may
+  still have stored a prefix (as with the memory bus).
+* **Positions survive restarts.** Acks, dead letters (with the settling of their source) and
+  drops are committed with the next group commit (`ack` does not wait): after a crash,
+  messages whose ack was not committed yet are delivered again (at least once); a committed
+  ack is never undone.
 * **Attempts survive restarts.** A pull records its deliveries durably before it returns the
   batch. After a restart a message resumes with its recorded attempt count, and one whose
   last recorded attempt reached `max_delivery_attempts` (its lease was cut by the stop) is
-  dead-lettered without another delivery. Approximations: first deliveries are recorded as a
-  per-subscription high-water sequence number, so a message that was passed over (an
-  ordering key waiting, a backoff) counts one attempt it may not have had; a pull cancelled
-  after recording counts one attempt too many. Backoff delays and lease deadlines are not
-  stored: restored messages are deliverable at once.
-* **Retention.** Acked messages stay stored for `retention`, and while the stored bytes
-  exceed `max_bytes` the oldest acked ones are deleted first. Only messages older than every
+  dead-lettered without another delivery: a message that crashes the process cannot loop.
+  Approximations: first deliveries are recorded as a per-subscription high-water sequence
+  number, so a message that was passed over (an ordering key waiting, a backoff) may count
+  one attempt it did not have; a pull cancelled after recording counts one too many; a
+  message known only through the high water is not dead-lettered at restore (it gets one
+  more delivery). Backoff delays and lease deadlines are not stored: restored messages are
+  deliverable at once.
+* **Retention.** Acked messages stay stored for `retention`; while the stored bytes exceed
+  `max_bytes`, the oldest acked ones are deleted first. Only messages older than every
   unacked message of their topic are deleted (`_sqlite_store`).
-* **Disk bound.** When the unacked backlog (stored bytes of messages some subscription still
-  holds) would exceed `max_bytes`: `full_policy: block` makes `publish` wait (backpressure,
-  counted in `publish_blocked_seconds`); `drop_oldest` deletes the oldest unacked messages
-  (from every subscription, leased or not; their ack ids die), logs a warning and counts them
-  (`storage_stats().dropped_oldest`). Dead letters are always stored.
-* **Recovery.** `open()` checks the file; a damaged one is moved aside and what can be read
-  is carried over (`recovery_report` says what was lost; `_sqlite_recovery`).
+* **Disk bound.** A message counts its encoded data plus 12 bytes towards `max_bytes`. When
+  the unacked backlog (messages some subscription still holds) would exceed it:
+  `full_policy: block` makes `publish` wait (backpressure, counted in
+  `publish_blocked_seconds`); `drop_oldest` settles the oldest unacked messages for every
+  subscription (leased or not; their ack ids die), logs a warning and counts them
+  (`storage_stats().dropped_oldest`). Dead letters are always stored. The file itself is
+  larger than the stored bytes (SQLite pages, the WAL up to 64 MiB at rest).
+* **Recovery.** `open()` runs `PRAGMA quick_check` (about 20 ms per 50 MB here); a damaged
+  file is moved aside and what can be read is carried over (`recovery_report` says what was
+  lost; `_sqlite_recovery`). Loading costs about 20 µs per unacked message here.
 * Subscriptions are matched by name across restarts (their settings may change). A stored
   subscription not declared again by the first `publish` is deleted with its position
   (logged). Counters in `stats` restart at zero; the backlog does not.
 * After `close()`, `ack`/`nack`/`extend` are ignored (those messages come again after a
   restart). A database failure (disk full, I/O error) closes the bus: `publish` and `pull`
   raise `BusStorageError`, a `BusClosed`.
+
+Cost, measured on the 2-core test machine: a lone `publish` waits about 0.4 ms
+(`normal`) or 1.4 ms (`full`) for its commit; under load, publish + pull + ack of ~100-byte
+readings runs at roughly half the memory bus's rate, the event loop spending the extra on
+encoding and bookkeeping and on sharing the GIL with the writer thread.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import operator
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -54,9 +68,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from gateway.bus._queue import Held
-from gateway.bus._sqlite_bus import StorageStats
 from gateway.bus._sqlite_publish import SQLiteBusPublishing
 from gateway.bus._sqlite_recovery import BusOpenError, RecoveryReport
+from gateway.bus._sqlite_store import StorageStats
 from gateway.bus._sqlite_subscription import DurableSubscription
 from gateway.bus._sqlite_writer import BusStorageError, Writer
 from gateway.bus.memory import DeadLetterCounters
@@ -75,6 +89,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("gateway.bus.sqlite")
+_ATTEMPT = operator.attrgetter("attempt")
+_SEQ = operator.attrgetter("seq")
 
 
 class SQLiteBusConfig(BaseModel):
@@ -95,7 +111,9 @@ class SQLiteBusConfig(BaseModel):
     )
     retention: Duration = Field(timedelta(hours=24), description="How long acked messages stay stored.")
     max_bytes: PositiveInt = Field(
-        1 << 30, description="Bound on stored message bytes: acked ones are trimmed; the unacked backlog is bounded."
+        1 << 30,
+        description="Bound on stored bytes (encoded data + 12 per message): acked messages are trimmed "
+        "to stay under it; the unacked backlog may not exceed it (full_policy).",
     )
     full_policy: Literal["block", "drop_oldest"] = Field(
         "block", description="When the unacked backlog reaches max_bytes: publishers wait, or the oldest is dropped."
@@ -175,7 +193,7 @@ class SQLiteBus(SQLiteBusPublishing):
                 if batch:
                     if first is None:
                         first = now
-                    if full or now - first >= sub.batch_latency:
+                    if full or self._flushing or now - first >= sub.batch_latency:
                         await self._record_deliveries(sub, batch)
                         self._check_open()
                         if sub.dropped != drops:  # dropped while the deliveries were committed
@@ -196,16 +214,25 @@ class SQLiteBus(SQLiteBusPublishing):
                 sub.release(batch, time.monotonic())
             raise
 
+    def flush(self) -> None:
+        """From now on `pull` returns as soon as it has a message (used to drain on stop)."""
+        self._flushing = True
+        for sub in self._subs.values():
+            sub.avail.set()
+
     async def _record_deliveries(self, sub: DurableSubscription, batch: list[Held]) -> None:
         """Commit the attempts of `batch` (first deliveries as the high water, the others one by one)."""
         sid = sub.sub_id
         hw = sub.hw
         retries: dict[tuple[int, int], int] = {}
-        for m in batch:
-            if m.attempt > 1:
-                retries[sid, m.seq] = m.attempt
-            elif m.seq > hw:
-                hw = m.seq
+        if max(map(_ATTEMPT, batch)) == 1:  # the common case: first deliveries only
+            hw = max(hw, max(map(_SEQ, batch)))
+        else:
+            for m in batch:
+                if m.attempt > 1:
+                    retries[sid, m.seq] = m.attempt
+                elif m.seq > hw:
+                    hw = m.seq
         if hw == sub.hw and not retries:
             return
         sub.hw = hw

@@ -306,6 +306,18 @@ async def test_batch_waits_max_latency_to_fill(make_bus: MakeBus) -> None:
     assert time.monotonic() - t0 >= 0.14
 
 
+async def test_flush_ends_the_wait_for_a_fuller_batch(make_bus: MakeBus) -> None:
+    bus = await make_bus("fl", config("fl-s", "fl", batch=policy(max_messages=100, latency=5)))
+    await bus.publish("fl", msgs(1))
+    puller = asyncio.create_task(bus.pull("fl-s"))
+    await asyncio.sleep(0.05)
+    assert not puller.done()  # waiting up to 5 s for more
+    bus.flush()
+    assert [m.data for m in await asyncio.wait_for(puller, 0.5)] == [1]
+    await bus.publish("fl", msgs(2))
+    assert [m.data for m in await pull(bus, "fl-s", within=0.5)] == [2]  # and from now on
+
+
 async def test_cancelled_pull_gives_its_messages_back(make_bus: MakeBus) -> None:
     bus = await make_bus("cp", config("cp-s", "cp", batch=policy(max_messages=2, latency=5)))
     await bus.publish("cp", msgs(1))

@@ -339,6 +339,13 @@ async def test_stored_bytes_are_trimmed_to_max_bytes_oldest_acked_first(tmp_path
     assert stats.stored_bytes <= 20_000 and stats.retention_deleted > 0
     assert stats.stored_messages < 201
     await bus.close()
+    with sqlite3.connect(tmp_path / "bus.db") as conn:
+        oldest, newest = conn.execute("SELECT min(first_seq), max(last_seq) FROM segments").fetchone()
+    conn.close()
+    assert oldest > 1 and newest == 201  # the oldest went first
+    bus = await opened(tmp_path, sub("z", "t"))
+    assert [m.data for m in await drain(bus, "z")] == ["last"]  # the unacked one is kept
+    await bus.close()
 
 
 async def test_drop_oldest_drops_and_counts_the_oldest_unacked(
@@ -412,6 +419,71 @@ async def test_truncated_file_keeps_what_can_be_read_and_says_what_is_lost(tmp_p
     assert [m.data for m in got[:2]] == ["0-0-" + "q" * 500, "0-1-" + "q" * 500]
     await bus.publish("t", msgs("after"))
     assert [m.data for m in await pull(bus, "tr")] == ["after"]
+    await bus.close()
+
+
+def overwrite_root_page(path: Path, table: str) -> None:
+    """Damage one table of a closed database file: garbage over its b-tree root page."""
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    conn.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
+async def test_lost_positions_mean_everything_recovered_is_delivered_again(tmp_path: Path) -> None:
+    bus = await opened(tmp_path, sub("pl", "t"))
+    await bus.publish("t", msgs(*range(10)))
+    bus.ack("pl", [m.ack_id for m in (await pull(bus, "pl"))[:5]])
+    await bus.close()
+    overwrite_root_page(tmp_path / "bus.db", "subs")
+    bus = await opened(tmp_path, sub("pl", "t"))
+    report = bus.recovery_report
+    assert report is not None and report.corrupt and report.messages_recovered == 10
+    assert any("positions are lost" in line for line in report.lost)
+    assert [m.data for m in await drain(bus, "pl")] == list(range(10))  # at least once: the acked 5 again
+    await bus.close()
+    bus = await opened(tmp_path, sub("pl", "t"))  # positions are kept again from now on
+    assert bus.stats("pl").backlog == 0
+    await bus.close()
+
+
+async def test_undecodable_stored_data_is_reported_and_the_rest_delivered(tmp_path: Path) -> None:
+    bus = await opened(tmp_path, sub("ud", "t"))
+    await bus.publish("t", msgs("a", "b"))
+    await bus.publish("t", msgs("c"))
+    await bus.close()
+    with sqlite3.connect(tmp_path / "bus.db") as conn:
+        conn.execute("UPDATE segments SET data = X'0102' WHERE first_seq = (SELECT min(first_seq) FROM segments)")
+    conn.close()
+    bus = await opened(tmp_path, sub("ud", "t"))
+    report = bus.recovery_report
+    assert report is not None and not report.corrupt
+    assert report.lost == ("stored messages that could not be decoded are lost (sequence numbers 1..2)",)
+    assert [m.data for m in await drain(bus, "ud")] == ["c"]
+    await bus.close()
+
+
+async def test_a_subscription_moved_to_another_topic_starts_afresh(tmp_path: Path) -> None:
+    bus = await opened(tmp_path, sub("mv", "t"))
+    await bus.publish("t", msgs(1))
+    await bus.close()
+    bus = await opened(tmp_path, sub("mv", "u"))
+    assert bus.stats("mv").backlog == 0
+    await bus.publish("u", msgs(2))
+    assert [m.data for m in await pull(bus, "mv")] == [2]
+    await bus.close()
+
+
+async def test_publishes_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    bus = await opened(tmp_path, sub("gc", "t"), synchronous="full")
+    before = bus.storage_stats().commits
+    await asyncio.gather(*(bus.publish("t", msgs(i)) for i in range(50)))
+    commits = bus.storage_stats().commits - before
+    assert 1 <= commits < 10  # the first publish commits alone, the 49 others join one or a few commits
+    assert sorted(m.data for m in await pull(bus, "gc")) == list(range(50))
     await bus.close()
 
 
