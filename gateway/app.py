@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 from gateway.admin.server import AdminServer, AdminServerError, Readiness
 from gateway.bus.memory import MemoryBus
@@ -34,8 +35,20 @@ from gateway.core.sink_runner import SinkRunner
 from gateway.ingress.base import Ingress, IngressError
 from gateway.ingress.topics import TopicRouter
 from gateway.pipeline import build_ingress, build_sink_runners
+from gateway.processors.admin_routes import processor_routes
+from gateway.processors.build import build_processors
+from gateway.processors.meta_topics import handle_meta_message
+from gateway.processors.reload import ConfigReloader
 from gateway.security.guard import Guard
-from gateway.settings import DEADLETTER_TOPIC, INTERNAL_TOPICS, TELEMETRY_TOPIC, GatewaySettings
+from gateway.settings import (
+    ALERTS_TOPIC,
+    DEADLETTER_TOPIC,
+    INTERNAL_TOPICS,
+    INVALIDATIONS_TOPIC,
+    TELEMETRY_TOPIC,
+    GatewaySettings,
+)
+from gateway.sinks.mqtt_publish import MQTTPublishSinkConfig
 from gateway.validation.decode import Decoder
 
 log = logging.getLogger("gateway")
@@ -46,7 +59,9 @@ class StartupError(Exception):
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: GatewaySettings, metrics: Metrics | None = None, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.bus = MemoryBus(self.metrics)
@@ -55,6 +70,16 @@ class Gateway:
         self.guard = Guard(settings.security, self.router, self.metrics)
         self.ingress: Ingress = build_ingress(settings, self.router, self.metrics)
         self.runners: list[SinkRunner] = build_sink_runners(settings, self.bus, self.metrics)
+        # alerts and cache invalidation (gateway.processors): processors run like sinks, on telemetry
+        self.processors = build_processors(settings, self.bus, self.metrics, self.runners)
+        sinks = {r.name: r.sink for r in self.runners}
+        self.runners += self.processors.runners
+        self.reloader = None if config_path is None else ConfigReloader(
+            config_path, settings, self.processors.engine, self.processors.detector, sinks, self.metrics
+        )  # fmt: skip
+        self._own_clients = {  # the gateway's MQTT forwarders: their publishes are not telemetry
+            s.effective_client_id for s in settings.sinks.values() if isinstance(s, MQTTPublishSinkConfig)
+        }
         self.admin = AdminServer(
             settings.admin.host,
             settings.admin.port,
@@ -63,6 +88,7 @@ class Gateway:
             self.refresh_metrics,
             token=settings.admin.token,
         )
+        self.admin.add_route_hook(processor_routes(self.processors.engine, self.processors.detector))
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._messages_valid = self.metrics.messages_valid
@@ -75,7 +101,15 @@ class Gateway:
         Returns once everything it produced is held by the bus: the ingress may then
         acknowledge the message. Waits (backpressure) while a subscription is full.
         """
+        if self._own_clients and raw.client_id in self._own_clients:
+            return
         refused = self.guard.check(raw)
+        if refused is None and self.processors.meta and self.processors.detector is not None:
+            device_id = self.processors.meta.device_of(raw.topic)
+            if device_id is not None:
+                refused = await handle_meta_message(self.processors.detector, raw, device_id)
+                if refused is None:
+                    return
         if refused is not None:
             self.metrics.messages_invalid.labels(refused.code).inc()
             await self.bus.publish(DEADLETTER_TOPIC, [OutgoingMessage(refused, len(refused.payload) + 256)])
@@ -107,6 +141,8 @@ class Gateway:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
+            if self.reloader is not None:
+                loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         for topic in INTERNAL_TOPICS:
             self.bus.create_topic(topic)
@@ -118,6 +154,10 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 for runner in self.runners:
                     tg.create_task(runner.run(), name=f"sink:{runner.name}")
+                for standalone in self.processors.standalone:
+                    await standalone.start()
+                if self.reloader is not None:
+                    watcher = tg.create_task(self.reloader.watch(2.0), name="config-watch")
                 ingress_task = tg.create_task(self.ingress.run(self.handle), name=f"ingress:{self.ingress.name}")
                 await self._wait_started_or_failed(ingress_task)
                 self._started.set()
@@ -126,6 +166,8 @@ class Gateway:
                 )
                 stop_task = tg.create_task(self._stop.wait(), name="stop-request")
                 await asyncio.wait([stop_task, ingress_task], return_when=asyncio.FIRST_COMPLETED)
+                if self.reloader is not None:
+                    watcher.cancel()
                 await self._drain()
         except* IngressError as eg:
             raise StartupError(str(eg.exceptions[0])) from None
@@ -134,7 +176,7 @@ class Gateway:
         finally:
             await self.admin.stop()
             if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
 
     async def _wait_started_or_failed(self, ingress_task: asyncio.Task[None]) -> None:
@@ -155,7 +197,9 @@ class Gateway:
         await self.ingress.stop()
         self.bus.flush()
         subs = self.settings.bus.subscriptions
-        for topic in (TELEMETRY_TOPIC, DEADLETTER_TOPIC):
+        for standalone in self.processors.standalone:
+            await standalone.close()
+        for topic in (TELEMETRY_TOPIC, ALERTS_TOPIC, INVALIDATIONS_TOPIC, DEADLETTER_TOPIC):
             names = [n for n, s in subs.items() if s.topic == topic]
             await self._wait_empty(names, deadline)
             runners = [r for r in self.runners if r.subscription in names]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config_errors import ConfigError
+from gateway.processors import alerts_cli
 from gateway.security import passwd_cli
 from gateway.settings import DEFAULT_CONFIG_PATH, GatewaySettings, load_settings
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl_list.add_argument("--reason", default=None, help="only those whose reason contains this text")
     dl_list.add_argument("--format", choices=["table", "json"], default="table")
     passwd_cli.register(sub)
+    alerts_cli.register(sub, _config_arg)
     return parser
 
 
@@ -127,21 +129,23 @@ def _main(argv: Sequence[str] | None) -> int:
         print(commands.summary(settings, args.config))
         return 0
     if args.command == "run":
-        return _run(settings)
+        return _run(settings, args.config)
     if args.command == "query":
         return commands.query(settings, args)
     if args.command == "deadletter":
         return commands.deadletter_list(settings, args)
+    if args.command == "alerts":
+        return alerts_cli.run(settings, args)
     return 2
 
 
-def _run(settings: GatewaySettings) -> int:
+def _run(settings: GatewaySettings, config_path: Path | None = None) -> int:
     from gateway.app import Gateway, StartupError
     from gateway.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
     try:
-        asyncio.run(Gateway(settings).run())
+        asyncio.run(Gateway(settings, config_path=config_path).run())
     except StartupError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 2

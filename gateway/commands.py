@@ -46,7 +46,8 @@ def summary(settings: GatewaySettings, path: Path) -> str:
         if sec.rate_limit
         else "no rate limit"
     )
-    out.append(f"limits     topic depth {sec.max_topic_levels}, {limit}, payload {settings.validation.max_payload_bytes} bytes")
+    payload = settings.validation.max_payload_bytes
+    out.append(f"limits     topic depth {sec.max_topic_levels}, {limit}, payload {payload} bytes")
     out.append("routes")
     for r in settings.routes:
         out.append(f"  {r.pattern:<40} -> schema {r.schema_name}")

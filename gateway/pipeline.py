@@ -11,10 +11,15 @@ from gateway.ingress.client import ClientIngress
 from gateway.ingress.config import ClientIngressConfig, EmbeddedIngressConfig
 from gateway.ingress.embedded import EmbeddedIngress
 from gateway.ingress.topics import TopicRouter
+from gateway.processors.meta_topics import MetaTopics
 from gateway.settings import DEADLETTER_TOPIC, GatewaySettings, SinkConfig
 from gateway.sinks.deadletter_file import DeadLetterFileConfig, DeadLetterFileSink
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+from gateway.sinks.log import LogSink, LogSinkConfig
+from gateway.sinks.mqtt_publish import MQTTPublishSink, MQTTPublishSinkConfig
+from gateway.sinks.redis import RedisSink, RedisSinkConfig
 from gateway.sinks.sqlite_store import SQLiteStoreConfig, SQLiteStoreSink
+from gateway.sinks.webhook import WebhookSink, WebhookSinkConfig
 
 
 def build_ingress(settings: GatewaySettings, router: TopicRouter, metrics: Metrics) -> Ingress:
@@ -22,7 +27,9 @@ def build_ingress(settings: GatewaySettings, router: TopicRouter, metrics: Metri
     if isinstance(cfg, EmbeddedIngressConfig):
         return EmbeddedIngress(cfg, metrics)
     if isinstance(cfg, ClientIngressConfig):
-        return ClientIngress(cfg, router.subscription_filters(), metrics)
+        meta = settings.invalidation.meta_topics if settings.invalidation is not None else []
+        filters = router.subscription_filters() + MetaTopics(meta).subscription_filters()
+        return ClientIngress(cfg, list(dict.fromkeys(filters)), metrics)
     raise TypeError(f"unknown ingress config {type(cfg).__name__}")
 
 
@@ -33,6 +40,14 @@ def build_sink(cfg: SinkConfig, settings: GatewaySettings) -> Sink:
         return SQLiteStoreSink(cfg, settings.data_dir)
     if isinstance(cfg, DeadLetterFileConfig):
         return DeadLetterFileSink(cfg, settings.data_dir)
+    if isinstance(cfg, LogSinkConfig):
+        return LogSink(cfg, settings.data_dir)
+    if isinstance(cfg, WebhookSinkConfig):
+        return WebhookSink(cfg, settings.data_dir)
+    if isinstance(cfg, MQTTPublishSinkConfig):
+        return MQTTPublishSink(cfg, settings.data_dir)
+    if isinstance(cfg, RedisSinkConfig):
+        return RedisSink(cfg, settings.data_dir)
     raise TypeError(f"unknown sink config {type(cfg).__name__}")
 
 

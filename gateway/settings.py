@@ -25,18 +25,34 @@ from gateway.core.bus import SubscriptionConfig
 from gateway.core.duration import Duration
 from gateway.ingress.config import EmbeddedIngressConfig, IngressConfig
 from gateway.ingress.topics import RouteConfig
+from gateway.processors.config import AlertsConfig, InvalidationConfig
 from gateway.security.config import SecurityConfig, is_loopback
 from gateway.sinks.deadletter_file import DeadLetterFileConfig
 from gateway.sinks.influxdb import InfluxDBSinkConfig
+from gateway.sinks.log import LogSinkConfig
+from gateway.sinks.mqtt_publish import MQTTPublishSinkConfig
+from gateway.sinks.redis import RedisSinkConfig
 from gateway.sinks.sqlite_store import SQLiteStoreConfig
+from gateway.sinks.webhook import WebhookSinkConfig
 from gateway.validation.config import SchemaConfig, ValidationConfig
 
 TELEMETRY_TOPIC = "telemetry"
 DEADLETTER_TOPIC = "deadletter"
-INTERNAL_TOPICS = (TELEMETRY_TOPIC, DEADLETTER_TOPIC)
+ALERTS_TOPIC = "alerts"
+INVALIDATIONS_TOPIC = "invalidations"
+INTERNAL_TOPICS = (TELEMETRY_TOPIC, DEADLETTER_TOPIC, ALERTS_TOPIC, INVALIDATIONS_TOPIC)
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 
-SinkConfig = Annotated[InfluxDBSinkConfig | SQLiteStoreConfig | DeadLetterFileConfig, Field(discriminator="type")]
+SinkConfig = Annotated[
+    InfluxDBSinkConfig
+    | SQLiteStoreConfig
+    | DeadLetterFileConfig
+    | LogSinkConfig
+    | WebhookSinkConfig
+    | MQTTPublishSinkConfig
+    | RedisSinkConfig,
+    Field(discriminator="type"),
+]
 
 
 class LogConfig(BaseModel):
@@ -135,6 +151,8 @@ class GatewaySettings(BaseSettings):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    alerts: AlertsConfig | None = Field(None, description="Alert rules on telemetry (gateway.processors).")
+    invalidation: InvalidationConfig | None = Field(None, description="Cache invalidation from device changes.")
 
     @model_validator(mode="before")
     @classmethod
@@ -188,7 +206,10 @@ def _cross_check(s: GatewaySettings) -> list[tuple[tuple[str, ...], str]]:
                     "a subscription of the deadletter topic cannot dead-letter into it (loop); use null",
                 )
             )
-    consumed: set[str] = set()
+    from gateway.processors.checks import processor_problems, processor_subscriptions
+
+    problems.extend(processor_problems(s, TELEMETRY_TOPIC))
+    consumed: set[str] = set(processor_subscriptions(s))
     for name, sink in s.sinks.items():
         if sink.subscription not in subs:
             problems.append(

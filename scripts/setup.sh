@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11+) and installs the gateway into it. Idempotent and quiet.
 # Usage: scripts/setup.sh [--test]   (--test also installs test tools and the servers the
-# integration tests run: Debian packages mosquitto and victoria-metrics)
+# integration tests run: Debian packages mosquitto, victoria-metrics and redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ if [ "${1:-}" = "--test" ]; then
   missing=()
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto mosquitto-clients)
   command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+  command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Mosquitto, VictoriaMetrics
+from tests.servers import Mosquitto, Redis, VictoriaMetrics
 
 
 @pytest.fixture
@@ -21,6 +21,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     server = VictoriaMetrics(tmp_path / "vm")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path / "redis")
     server.start()
     yield server
     server.stop()

@@ -161,6 +161,23 @@ class VictoriaMetrics(_Server):
         return count
 
 
+class Redis(_Server):
+    """redis-server without persistence (`--save '' --appendonly no`) on loopback."""
+
+    name = "redis"
+
+    def command(self) -> list[str]:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        return [
+            exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+            "--dir", str(self.workdir), "--loglevel", "warning",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
 def env_without_proxies() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):

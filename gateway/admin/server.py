@@ -13,6 +13,12 @@ With `admin.token` set (required by the config when the host is not loopback), e
 but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`, compared in constant
 time (`hmac.compare_digest`); a refusal is a 401 counted in `gateway_admin_unauthorized_total`.
 The token is never logged or echoed.
+
+Route hooks (`add_route_hook`) extend the endpoint without touching it: each hook is
+awaited with (method, path, body) before the built-in routes and answers (status, body,
+content type), or None to pass. They also receive `PUT` requests (body up to 64 KiB, by
+`Content-Length`); the bearer token check applies to them as to every non-public path.
+Used for `GET /alerts` and `PUT /devices/{id}/meta` (`gateway.processors.admin_routes`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -33,6 +39,8 @@ from gateway.core.metrics import Metrics
 log = logging.getLogger(__name__)
 _PUBLIC = ("/healthz", "/metrics")  # everything else needs the bearer token when one is configured
 _MAX_HEADERS = 100
+_MAX_BODY = 64 * 1024
+RouteHook = Callable[[str, str, bytes], Awaitable[tuple[int, bytes, str] | None]]
 
 
 @dataclass(slots=True)
@@ -62,6 +70,11 @@ class AdminServer:
         self._readiness = readiness
         self._refresh = refresh
         self._server: asyncio.Server | None = None
+        self._hooks: list[RouteHook] = []
+
+    def add_route_hook(self, hook: RouteHook) -> None:
+        """Answer some requests before the built-in routes (see the module docstring)."""
+        self._hooks.append(hook)
 
     async def start(self) -> None:
         try:
@@ -83,6 +96,7 @@ class AdminServer:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
             authorization = b""
+            length = 0
             for _ in range(_MAX_HEADERS):
                 line = await asyncio.wait_for(reader.readline(), 5)
                 if line in (b"\r\n", b"\n", b""):
@@ -90,6 +104,8 @@ class AdminServer:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"authorization":
                     authorization = value.strip()
+                elif name.strip().lower() == b"content-length":
+                    length = int(value.strip())
             else:
                 await self._send(writer, 400, b"too many headers\n")
                 return
@@ -98,16 +114,28 @@ class AdminServer:
                 await self._send(writer, 400, b"bad request\n")
                 return
             method, target = parts[0], parts[1].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
+            if method not in ("GET", "HEAD") and not (method == "PUT" and self._hooks):
                 await self._send(writer, 405, b"only GET\n")
                 return
             if target not in _PUBLIC and not self._authorized(authorization):
                 self._metrics.admin_unauthorized.inc()
                 await self._send(writer, 401, b"unauthorized: send Authorization: Bearer <admin.token>\n")
                 return
+            if length > _MAX_BODY or length < 0:
+                await self._send(writer, 413, b"request body too large\n")
+                return
+            body = await asyncio.wait_for(reader.readexactly(length), 5) if method == "PUT" and length else b""
+            for hook in self._hooks:
+                answer = await hook(method, target, body)
+                if answer is not None:
+                    await self._send(writer, answer[0], b"" if method == "HEAD" else answer[1], answer[2])
+                    return
+            if method == "PUT":
+                await self._send(writer, 405, b"PUT is not supported on this path\n")
+                return
             status, body, ctype = self._route(target)
             await self._send(writer, status, b"" if method == "HEAD" else body, ctype)
-        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             writer.close()
@@ -139,6 +167,8 @@ class AdminServer:
             401: "Unauthorized",
             404: "Not Found",
             405: "Method Not Allowed",
+            413: "Content Too Large",
+            422: "Unprocessable Content",
             503: "Service Unavailable",
         }
         head = (

@@ -99,3 +99,25 @@ class Metrics:
         self.admin_unauthorized = Counter(
             p + "admin_unauthorized", "Admin requests refused for a missing or wrong bearer token.", registry=r
         )
+        # processors and forwarders (labels: rule and sink names from the config, fixed codes)
+        self.alert_evaluations = Counter(
+            p + "alert_evaluations", "Readings (or absence checks) evaluated by an alert rule.", ["rule"], registry=r
+        )
+        self.alerts_fired = Counter(p + "alerts_fired", "Alerts that started firing.", ["rule"], registry=r)
+        self.alerts_resolved = Counter(p + "alerts_resolved", "Alerts resolved.", ["rule"], registry=r)
+        self.alerts_firing = Gauge(p + "alerts_firing", "Alerts firing now.", ["rule"], registry=r)
+        self.invalidation_changes = Counter(
+            p + "invalidation_changes",
+            "Device changes seen, by source (meta, admin, telemetry).",
+            ["source"],
+            registry=r,
+        )
+        self.invalidations_emitted = Counter(
+            p + "invalidations_emitted", "Invalidation events published (after coalescing).", registry=r
+        )
+        self.config_reloads = Counter(
+            p + "config_reloads",
+            "Config reloads (SIGHUP or file change), by result (ok, rejected).",
+            ["result"],
+            registry=r,
+        )

@@ -36,6 +36,11 @@ class RunnerConfig(BaseModel):
         "deadletter",
         description="Where permanently rejected items go; null (the dead-letter sink itself) logs and drops.",
     )
+    max_retries: PositiveInt | None = Field(
+        None,
+        description="Retries of a transient failure before the items are dead-lettered with the last reason; "
+        "null retries forever (stores: hold the backlog). Set it for forwarders (webhook, MQTT, Redis).",
+    )
 
     @model_validator(mode="after")
     def _check_durations(self) -> RunnerConfig:

@@ -14,6 +14,13 @@ dead-letters permanent refusals, and acks. Guarantees:
   one is settled (within a batch, retried items may land after later ones).
 * `stop(drain_timeout)` lets in-flight writes and their retries finish until the timeout,
   then cancels them; what was not settled stays unacked, for the bus to redeliver.
+* With `max_retries` set, items still failing transiently after that many retries are
+  dead-lettered (as refused items are) with "gave up after N retries: <last reason>".
+* `stored_watermark()`: every `Reading` this runner pulled whose `received_ns` is at or
+  below it is settled (stored or dead-lettered). It only grows, and is computed as "just
+  below the oldest reading still held, else the newest reading pulled", so it assumes the
+  subscription delivers readings in order of receipt (true for fresh messages of the memory
+  bus, whose publishers keep receipt order; a redelivery after a lost lease can land behind it).
 
 Not promised: exactly once (a cancelled write, or a lease that expired anyway because
 `lease_extend_interval` exceeds the `ack_deadline`, is delivered again: sinks write
@@ -92,10 +99,24 @@ class SinkRunner:
         self._warned_malformed = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._held: set[int] = set()
+        self._held_ns: dict[int, int] = {}  # ack id -> received_ns of held readings
+        self._pulled_max_ns = 0
+        self._watermark = 0
 
     @property
     def name(self) -> str:
         return self._sink.name
+
+    @property
+    def sink(self) -> Sink:
+        """The sink this runner drives (for hot reload of its settings)."""
+        return self._sink
+
+    def stored_watermark(self) -> int:
+        """Epoch ns at or below which every reading pulled so far is settled (see the module docstring)."""
+        mark = min(self._held_ns.values()) - 1 if self._held_ns else self._pulled_max_ns
+        self._watermark = max(self._watermark, min(mark, self._pulled_max_ns))
+        return self._watermark
 
     def healthy(self) -> bool:
         """True once the sink started, while no write is failing and the sink says it is healthy."""
@@ -217,12 +238,18 @@ class SinkRunner:
     async def _deliver(self, batch: list[ReceivedMessage]) -> None:
         ids = [m.ack_id for m in batch]
         self._held.update(ids)
+        for m in batch:
+            if isinstance(m.data, Reading):
+                self._held_ns[m.ack_id] = m.data.received_ns
+                self._pulled_max_ns = max(self._pulled_max_ns, m.data.received_ns)
         try:
             await self._write_until_settled(batch)
         except BusClosed:
             self._log(logging.WARNING, "bus closed while settling a batch; it stays unacked")
         finally:
             self._held.difference_update(ids)
+            for i in ids:
+                self._held_ns.pop(i, None)
 
     async def _write_until_settled(self, msgs: list[ReceivedMessage]) -> None:
         backoff = Backoff(self.config.retry_min_backoff, self.config.retry_max_backoff)
@@ -251,6 +278,11 @@ class SinkRunner:
                 await self._write_until_settled(split[half:])
             if not retry:
                 return
+            limit = self.config.max_retries
+            if limit is not None and backoff.attempt >= limit:
+                last = result.reason or "the sink asked to retry"
+                await self._reject([(m, f"gave up after {limit} retries: {last}") for m in retry])
+                return
             self._retried.inc(len(retry))
             delay = backoff.next_delay()
             if result.retry_after is not None:
@@ -262,12 +294,14 @@ class SinkRunner:
         ids = [m.ack_id for m in msgs]
         self._bus.ack(self.subscription, ids)
         self._held.difference_update(ids)
+        for i in ids:
+            self._held_ns.pop(i, None)
         self._written.inc(len(msgs))
         now = time.time_ns()
         for m in msgs:
-            data = m.data
-            if isinstance(data, Reading) and data.received_ns:
-                self._ingest_to_stored.observe((now - data.received_ns) / 1e9)
+            received_ns = getattr(m.data, "received_ns", 0)  # readings, and alerts/invalidations they caused
+            if isinstance(received_ns, int) and received_ns:
+                self._ingest_to_stored.observe((now - received_ns) / 1e9)
 
     async def _reject(self, rejected: list[tuple[ReceivedMessage, str]]) -> None:
         topic = self.config.dead_letter_topic
@@ -282,6 +316,8 @@ class SinkRunner:
         ids = [m.ack_id for m, _ in rejected]
         self._bus.ack(self.subscription, ids)
         self._held.difference_update(ids)
+        for i in ids:
+            self._held_ns.pop(i, None)
 
     def _note_streak(self, failure: str | None, exc: Exception | None) -> None:
         """Warn once per failure streak (and once with a traceback), say when it recovers."""

@@ -604,3 +604,89 @@ async def test_memory_bus_redelivers_what_a_cancelled_drain_left_unacked() -> No
         await wait_until(lambda: bus.stats(name).acked == 3)
     assert sorted(r.fields["v"] for call in second_sink.calls for r in call) == [0.0, 1.0, 2.0]
     await bus.close()
+
+
+# -- max_retries (forwarders give up) and the stored watermark --------------------------
+
+
+async def test_max_retries_dead_letters_with_the_last_reason_after_that_many_retries() -> None:
+    sink = FakeSink(default=lambda items: WriteResult.retry_all(len(items), "HTTP 500 from receiver"))
+    bus = FakeBus()
+    runner, metrics = make_runner(sink, bus, max_retries=2)
+    ids = bus.add_batch(readings(3))
+    async with running(runner):
+        await wait_until(lambda: len(bus.acked) == 3)
+    assert len(sink.calls) == 3  # the first write and two retries
+    assert sorted(bus.acked) == ids
+    letters = [m.data for m in bus.published["deadletter"]]
+    assert len(letters) == 3
+    assert all(d.reason == "gave up after 2 retries: HTTP 500 from receiver" for d in letters)
+    assert value(metrics, "gateway_sink_retried_total") == 6
+    assert value(metrics, "gateway_sink_failed_total") == 3
+
+
+async def test_max_retries_does_not_give_up_when_a_retry_succeeds() -> None:
+    sink = FakeSink(script=[WriteResult.retry_all(2, "down"), WriteResult.retry_all(2, "down")])
+    bus = FakeBus()
+    runner, metrics = make_runner(sink, bus, max_retries=2)
+    bus.add_batch(readings(2))
+    async with running(runner):
+        await wait_until(lambda: len(bus.acked) == 2)
+    assert len(sink.calls) == 3
+    assert "deadletter" not in bus.published
+    assert value(metrics, "gateway_sink_written_total") == 2
+
+
+async def test_without_max_retries_a_failing_sink_is_retried_past_any_count() -> None:
+    sink = FakeSink(script=[WriteResult.retry_all(1, "down")] * 12)
+    bus = FakeBus()
+    runner, _ = make_runner(sink, bus)
+    bus.add_batch(readings(1))
+    async with running(runner):
+        await wait_until(lambda: len(bus.acked) == 1)
+    assert len(sink.calls) == 13 and "deadletter" not in bus.published
+
+
+def test_max_retries_must_be_positive_or_null() -> None:
+    assert RunnerConfig().max_retries is None
+    assert RunnerConfig(max_retries=3).max_retries == 3
+    with pytest.raises(ValidationError):
+        RunnerConfig(max_retries=0)
+
+
+def reading_at(received_ns: int) -> Reading:
+    return Reading("temp", "dev1", {"device_id": "dev1"}, {"v": 1.0}, received_ns, received_ns=received_ns)
+
+
+async def test_stored_watermark_stays_below_the_oldest_held_reading_until_it_is_stored() -> None:
+    sink = FakeSink()
+    sink.gate = asyncio.Event()
+    bus = FakeBus()
+    runner, _ = make_runner(sink, bus, max_in_flight=1)
+    assert runner.stored_watermark() == 0
+    bus.add_batch([reading_at(100), reading_at(200)])
+    async with running(runner):
+        await wait_until(lambda: len(sink.calls) == 1)
+        assert runner.stored_watermark() == 99  # pulled, not yet stored
+        sink.gate.set()
+        await wait_until(lambda: len(bus.acked) == 2)
+        assert runner.stored_watermark() == 200
+        sink.gate.clear()
+        bus.add_batch([reading_at(300)])
+        await wait_until(lambda: len(sink.calls) == 2)
+        assert runner.stored_watermark() == 299  # everything before 300 is stored; 300 is not
+        sink.gate.set()
+        await wait_until(lambda: len(bus.acked) == 3)
+    assert runner.stored_watermark() == 300
+
+
+async def test_stored_watermark_waits_for_a_retried_reading() -> None:
+    sink = FakeSink(script=[WriteResult(accepted=[1], retry=[0], reason="down")] + [WriteResult.retry_all(1, "x")] * 3)
+    bus = FakeBus()
+    runner, _ = make_runner(sink, bus, retry_min_backoff=20 * MS, retry_max_backoff=20 * MS)
+    bus.add_batch([reading_at(100), reading_at(200)])
+    async with running(runner):
+        await wait_until(lambda: len(bus.acked) == 1)
+        assert runner.stored_watermark() == 99
+        await wait_until(lambda: len(bus.acked) == 2)
+        assert runner.stored_watermark() == 200

@@ -1,0 +1,212 @@
+"""The benchmark: `python -m bench.run [--quick] [--scenarios a,b] [--count N] [--out DIR]`.
+
+Starts Mosquitto and VictoriaMetrics on free loopback ports, then for every selected
+workload runs, one after the other on the same machine: the broker ceiling (mosquitto_sub),
+the aiomqtt receive-only ceiling, the hand-rolled paho + influxdb-client bridge and the
+gateway in client mode; for the embedded workloads amqtt's own pub → sub rate and the gateway
+in embedded mode; then the latency run (QoS 1 at half the gateway's measured rate) and the
+memory run (the QoS 1 workload three times as long). If a target is missed, one more gateway
+run is profiled with py-spy (when installed). Writes DIR/latest.json and DIR/latest.md and
+prints the targets and results; progress lines go to stderr. Exit 0 when every run completed
+with its count verified (targets met or not), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.gateway_run import run_gateway
+from bench.measure import machine_info, tool_version
+from bench.procs import Env, RunResult
+from bench.profile import PySpy, find_py_spy, top_costs
+from bench.systems import run_aiomqtt_count, run_amqtt_ceiling, run_bridge, run_mosquitto_sub
+from bench.workloads import ROOT, Workload, paced, workloads
+from tests.servers import Mosquitto, VictoriaMetrics
+
+CLIENT = ("q0_single", "q1_single", "q0_batch50", "q1_batch50")
+EMBEDDED = ("embedded_q0", "embedded_q1")
+SCENARIOS = (*CLIENT, *EMBEDDED, "latency", "memory")
+METHOD = [
+    "Load: device-sim in its multiplexed mode (8 connections; 2 processes for batches), fixed --count and "
+    "--seed, nominal rate far above every consumer's (flat out); the same workload for every system.",
+    "Receive-only ceilings (mosquitto_sub, aiomqtt counter, amqtt pub→sub) are timed from the first to the last "
+    "message received by the consumer; the gateway and the bridge from the first message received to the store's "
+    "acknowledgement of the last reading (gateway: gateway_sink_written_total polled every 0.1 s; bridge: "
+    "influxdb-client success callbacks).",
+    "Stored counts are verified in the store after every run: VictoriaMetrics /api/v1/export of "
+    "environment_temperature for the run's device-id prefix, or SQLite rows; a run whose count differs fails.",
+    "Timestamps are current (the simulator's schedule from its start); one device's readings are >= 2 ms apart, "
+    "so VictoriaMetrics' 1 ms dedup merges none and the stored count must equal the published count exactly.",
+    "Gateway CPU time: utime+stime from /proc/<pid>/stat between the start of the simulator and the last write; "
+    "peak RSS: VmHWM from /proc/<pid>/status (whole process life). Baselines: rusage of the consumer process "
+    "(whole life, including start-up). Latency: gateway_ingest_to_stored_seconds histogram, bucket-interpolated.",
+    "Everything shares 2 cores: the broker, the simulator, the store and the consumer compete; compare ratios "
+    "within one run, not absolute figures across runs.",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a sixth of the full counts: under 2 minutes")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p.add_argument("--count", type=int, help="messages per workload (overrides the defaults)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--no-profile", action="store_true", help="do not profile the gateway when a target is missed")
+    a = p.parse_args(argv)
+    selected = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(selected) - set(SCENARIOS))
+    if unknown:
+        p.error(f"unknown scenarios {unknown}; choose from {','.join(SCENARIOS)}")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    started = time.monotonic()
+
+    def log(line: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+    machine = machine_info()
+    log(f"machine: {machine['nproc']} cpu(s), {machine['cpu_model']}, Python {machine['python']}")
+    ws = workloads(a.quick)
+    if a.count:
+        ws = {k: w.with_count(a.count) for k, w in ws.items()}
+    used: list[Workload] = []
+    results: list[RunResult] = []
+    profile: dict[str, Any] | None = None
+    long_name = "q1_single_long"
+    latency_name = "q1_single_paced"
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        mosquitto, victoria = Mosquitto(Path(tmp) / "mosquitto", persistence=False), VictoriaMetrics(Path(tmp) / "vm")
+        mosquitto.start()
+        victoria.start()
+        env = Env(Path(tmp), mosquitto, victoria, log)
+        try:
+
+            def run(name: str, fn: Any, w: Workload, *args: Any) -> RunResult:
+                log(f"  {name} on {w.name} ({w.count:,} msgs, {w.readings:,} readings) ...")
+                r: RunResult = fn(env, w, *args)
+                status = "ok" if r.ok else f"FAILED: {r.note}"
+                log(f"  {name} on {w.name}: {r.msgs_per_s:,.0f} msg/s, {r.readings_per_s:,.0f} readings/s ({status})")
+                results.append(r)
+                return r
+
+            for name in (n for n in CLIENT if n in selected):
+                w = ws[name]
+                used.append(w)
+                log(f"workload {name}: {w.describe()}")
+                run("broker ceiling (mosquitto_sub)", run_mosquitto_sub, w)
+                run("aiomqtt receive-only ceiling", run_aiomqtt_count, w)
+                run("hand-rolled bridge", run_bridge, w)
+                run("gateway (client mode)", run_gateway, w, False)
+            for name in (n for n in EMBEDDED if n in selected):
+                w = ws[name]
+                used.append(w)
+                log(f"workload {name}: {w.describe()}")
+                run("amqtt pub→sub ceiling", run_amqtt_ceiling, w)
+                run("gateway (embedded mode)", run_gateway, w, True)
+            base = report.find(results, "gateway", "q1_single")
+            if "latency" in selected and base is not None and base.ok:
+                w = paced(ws["q1_single"], base.msgs_per_s / 2, 4 if a.quick else 10)
+                w = replace(w, name=latency_name)
+                used.append(w)
+                log(f"latency run: {w.describe()}")
+                run("gateway at half its rate", run_gateway, w, False)
+            if "memory" in selected and base is not None:
+                w = replace(ws["q1_single"], name=long_name, count=ws["q1_single"].count * 3)
+                used.append(w)
+                log(f"memory run: {w.describe()}")
+                run("gateway, long run", run_gateway, w, False)
+            items = report.targets(results, latency_name, ("q1_single", long_name))
+            if not a.no_profile and any(t.met is False for t in items):
+                profile = _profile(env, ws, selected, a.out, log)
+        finally:
+            mosquitto.stop()
+            victoria.stop()
+    items = report.targets(results, latency_name, ("q1_single", long_name))
+    if profile is not None and (profiled := profile.pop("run")) is not None:
+        results.append(profiled)
+    elapsed = time.monotonic() - started
+    data: dict[str, Any] = {
+        "mode": "quick" if a.quick else "full",
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "elapsed_s": round(elapsed, 1),
+        "machine": machine,
+        "versions": _versions(),
+        "workloads": {w.name: {**_workload_dict(w), "describe": w.describe()} for w in used},
+        "results": [r.as_dict() for r in results],
+        "ratios": report.ratios(results),
+        "targets": [t.as_dict() for t in items],
+        "profile": profile,
+        "method": METHOD,
+    }
+    json_path, md_path = report.write(a.out, data, results, items, used)
+    print("\n".join(report.targets_table(items)))
+    print()
+    print("\n".join(report.results_table(results)))
+    log(f"wrote {json_path} and {md_path}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _profile(env: Env, ws: dict[str, Workload], selected: list[str], out: Path, log: Any) -> dict[str, Any] | None:
+    exe = find_py_spy()
+    name = next((n for n in ("q1_single", "q0_single", *CLIENT) if n in selected), None)
+    if name is None:
+        return None
+    if exe is None:
+        log("profile skipped: py-spy is not installed (.venv/bin/pip install py-spy)")
+        return {"summary": "Not profiled: py-spy is not installed.", "top": [], "run": None}
+    out.mkdir(parents=True, exist_ok=True)
+    spy = PySpy(exe, out / "profile.txt")
+    env.profiler = spy.attach
+    log(f"profiling the gateway with py-spy on {name} (an extra run; not used for the targets)")
+    try:
+        r = run_gateway(env, ws[name], False, system="gateway_profiled")
+    finally:
+        env.profiler = None
+    costs = top_costs(spy.out) if not spy.error else []
+    summary = (
+        f"py-spy (200 Hz, --nonblocking) on the gateway during an extra `{name}` run "
+        f"({r.msgs_per_s:,.0f} msg/s while sampled); collapsed stacks in bench/results/profile.txt."
+        if costs
+        else f"No profile: {spy.error or 'no samples'}"
+    )
+    return {"summary": summary, "top": [_cost(c) for c in costs], "run": r}
+
+
+def _cost(c: Any) -> dict[str, Any]:
+    return {"function": c.function, "self_pct": c.self_pct, "total_pct": c.total_pct}
+
+
+def _workload_dict(w: Workload) -> dict[str, Any]:
+    keys = ("qos", "batch", "count", "devices", "total_rate", "connections", "processes", "paced")
+    return {k: getattr(w, k) for k in keys} | {"readings": w.readings, "reading_spacing_ms": w.reading_spacing_s * 1e3}
+
+
+def _versions() -> dict[str, str]:
+    out = {
+        "mosquitto": tool_version(["mosquitto", "-h"]),
+        "victoria-metrics": tool_version(["victoria-metrics", "-version"]),
+    }
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT)
+        out["gateway (git)"] = head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+    for pkg in ("aiomqtt", "amqtt", "paho-mqtt", "influxdb-client"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Alerts end to end: real Mosquitto, a local HTTP receiver, the gateway in process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import orjson
+import pytest
+
+from gateway.processors.alert_state import read_state
+from gateway.sinks.sqlite_store import query_readings
+from gateway.sinks.webhook import verify_signature
+from tests.integration.alerting_helpers import (
+    SECRET,
+    Receiver,
+    config,
+    publish,
+    running_gateway,
+    telemetry,
+    wait_for,
+)
+from tests.servers import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+HOT = {"type": "threshold", "field": "temperature", "op": ">", "value": 30, "clear": 28, "severity": "critical"}
+FAST_RUNNER = {"retry_min_backoff": "50ms", "retry_max_backoff": "200ms", "max_retries": 4}
+
+
+def alerts_config(tmp_path: Path, m: Mosquitto, url: str, rules: dict[str, Any], **webhook: Any) -> Path:
+    return config(
+        tmp_path,
+        m.port,
+        {"alerts": {"subscription": "alert-engine", "check_interval": "100ms", "rules": rules}},
+        {
+            "alert-engine": {"topic": "telemetry", "batch": {"max_latency": "20ms"}},
+            "to-webhook": {"topic": "alerts", "batch": {"max_latency": "10ms"}},
+            "to-mqtt": {"topic": "alerts", "batch": {"max_latency": "10ms"}},
+            "to-log": {"topic": "alerts"},
+        },
+        {
+            "webhook": {"type": "webhook", "subscription": "to-webhook", "url": url, "secret": SECRET,
+                        "timeout": "1s", "runner": FAST_RUNNER, **webhook},
+            "mqtt": {"type": "mqtt_publish", "subscription": "to-mqtt", "port": m.port, "retain": True,
+                     "topic": "alerts/{rule}/{device_id}"},
+            "log": {"type": "log", "subscription": "to-log"},
+        },
+    )  # fmt: skip
+
+
+async def test_alert_fires_and_resolves_through_webhook_mqtt_and_state_file(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    with Receiver(statuses=[500, 503]) as receiver:
+        path = alerts_config(tmp_path, mosquitto, receiver.url, {"hot": {**HOT, "for": "0s"}})
+        async with running_gateway(path):
+            await publish(mosquitto.port, [telemetry("a1", 20), telemetry("a1", 35), telemetry("a1", 36)])
+            await wait_for(lambda: len(receiver.answers) >= 3)  # 500, 503, then 200
+            assert receiver.answers[:3] == [500, 503, 200]
+            assert [a.device_id for a in read_state(tmp_path / "data" / "alerts.json")] == ["a1"]
+            await publish(mosquitto.port, [telemetry("a1", 29), telemetry("a1", 27)])  # 29: hysteresis band
+            await wait_for(lambda: len(receiver.answers) >= 4)
+        headers, body = receiver.requests[-1]
+        events = [orjson.loads(b) for _, b in receiver.requests]
+        assert [e["status"] for e in events] == ["firing", "firing", "firing", "resolved"]  # retried, then resolved
+        assert len({e["alert_id"] for e in events}) == 1
+        assert all(verify_signature(SECRET.encode(), b, h.get("x-gateway-signature")) for h, b in receiver.requests)
+        assert not verify_signature(b"wrong", body, headers.get("x-gateway-signature"))
+        assert headers["x-gateway-event"] == "alert"
+    assert read_state(tmp_path / "data" / "alerts.json") == []
+    # the MQTT forwarder retained the alert's current state
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier=f"sub-{time.time_ns()}") as client:
+        await client.subscribe("alerts/hot/#", qos=1)
+        async with asyncio.timeout(5):
+            msg = await anext(aiter(client.messages))
+    assert str(msg.topic) == "alerts/hot/a1" and msg.retain
+    assert orjson.loads(bytes(msg.payload))["status"] == "resolved"  # type: ignore[arg-type]
+
+
+async def test_a_failing_webhook_is_dead_lettered_after_its_retries(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    with Receiver(statuses=[500] * 20) as receiver:
+        path = alerts_config(tmp_path, mosquitto, receiver.url, {"hot": HOT})
+        async with running_gateway(path):
+            await publish(mosquitto.port, [telemetry("b1", 40)])
+            await wait_for(lambda: (tmp_path / "data" / "deadletter.jsonl").exists()
+                           and b"gave up" in (tmp_path / "data" / "deadletter.jsonl").read_bytes())  # fmt: skip
+        assert len(receiver.answers) == 5  # one request and max_retries=4 retries
+    [letter] = [orjson.loads(line) for line in (tmp_path / "data" / "deadletter.jsonl").read_bytes().splitlines()]
+    assert letter["source"] == "sink:webhook" and letter["reason"].startswith("gave up after 4 retries: webhook")
+
+
+async def ingest_seconds(tmp_path: Path, mosquitto: Mosquitto, url: str, n: int) -> float:
+    """Seconds from the first publish until all n readings are in the store; every reading fires an alert."""
+    path = alerts_config(tmp_path, mosquitto, url, {"hot": HOT}, timeout="2s")
+    msgs = [telemetry(f"dev-{i}", 40) for i in range(n)]
+    db = tmp_path / "data" / "readings.db"
+    async with running_gateway(path):
+        started = time.monotonic()
+        await publish(mosquitto.port, msgs)
+
+        def stored() -> bool:
+            return db.exists() and len(query_readings(db, None, "temperature", None, None, limit=n + 1)) >= n
+
+        await wait_for(stored, 60)
+        elapsed = time.monotonic() - started
+    return elapsed
+
+
+async def test_a_dead_webhook_does_not_slow_telemetry_ingestion(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    n = 400
+    with Receiver() as healthy:
+        baseline = await ingest_seconds(tmp_path / "healthy", mosquitto, healthy.url, n)
+    with Receiver(hang=True) as dead:  # accepts, then never answers within the timeout
+        with_dead = await ingest_seconds(tmp_path / "dead", mosquitto, dead.url, n)
+    print(f"ingest {n} readings: healthy webhook {baseline:.2f}s, dead webhook {with_dead:.2f}s")
+    assert with_dead < max(2 * baseline, baseline + 1.5)
