@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -93,6 +94,9 @@ class Mosquitto(_Server):
             "allow_anonymous true",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {workdir}/",
+            # run as the current user: as root Mosquitto would switch to user "mosquitto", which cannot
+            # write the persistence file in the test's folder (its queued messages would vanish on a restart)
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             "max_queued_messages 1000000",
             "max_inflight_messages 100",
             "log_type error",
