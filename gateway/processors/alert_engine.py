@@ -11,13 +11,18 @@ goes through `ok` → (`pending` while `for:` runs) → `firing` → `ok`. Guara
   evaluated for that rule and device is skipped. Absence rules run on the wall clock, every
   `check_interval`, for devices seen since the start (or firing in the state file).
 * Firing alerts are written to the state file on every change (`alert_state`) and restored
-  at start, so a restart neither forgets nor re-fires them. An alert restored for a rule
-  that no longer exists is resolved at start; so are the alerts of a rule that a reload
-  removes or changes (their state starts afresh).
+  at start, so a restart neither forgets nor re-fires them (a restored alert resolves on the
+  first reading past its clearing threshold). An alert restored for a rule that no longer
+  exists is resolved at start; so are the alerts of a rule that a reload removes or changes
+  (their state starts afresh).
+* Last-seen times of absence rules go to the same file every `state_interval` (while they
+  move) and at stop, and are restored for unchanged rules, so a device that goes silent
+  around a restart is still reported offline (after `after` from its last reading). A corrupt
+  state file is logged, moved aside and ignored.
 * A reading that breaks an evaluation (a bug) is logged and skipped; it never stalls the
   subscription.
 
-Not kept across restarts: pending `for:` timers, rate windows, last-seen times of devices.
+Not kept across restarts: pending `for:` timers and rate windows (they start afresh).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 from gateway.core.bus import OutgoingMessage
 from gateway.core.message import Reading
 from gateway.core.metrics import Metrics
-from gateway.processors.alert_state import read_state, write_state
+from gateway.processors.alert_state import AlertState, Seen, load_state, rule_fingerprint, write_state
 from gateway.processors.config import AlertsConfig
 from gateway.processors.events import AlertEvent
 from gateway.processors.rules import AbsenceRule, AlertRule, RateRule, ThresholdRule
@@ -79,18 +84,27 @@ class AlertEngine:
         self._tracks: dict[str, dict[str, _Track]] = {n: {} for n in self._rules}
         self._outbox: list[AlertEvent] = []
         self._dirty = False
+        self._seen_dirty = False  # last-seen times moved since the last save
+        self._state_interval = int(config.state_interval.total_seconds() * 1e9)
+        self._saved_ns = 0
 
     # -- Processor ----------------------------------------------------------------------
     async def start(self) -> None:
-        restored = await asyncio.to_thread(read_state, self.state_path)
-        now = time.time_ns()
-        for ev in restored:
+        state = await asyncio.to_thread(load_state, self.state_path)
+        now = self._saved_ns = time.time_ns()
+        for name, (fingerprint, devices) in state.last_seen.items():
+            rule = self._rules.get(name)
+            if isinstance(rule, AbsenceRule) and rule_fingerprint(rule) == fingerprint:
+                for device, seen in devices.items():
+                    self._tracks[name][device] = _Track(last_seen_ns=seen.ns, tags=seen.tags)
+        for ev in state.firing:
             rule = self._rules.get(ev.rule)
             if rule is None:
                 self._outbox.append(replace(ev, status="resolved", time_ns=now))
                 self._dirty = True
                 continue
-            self._tracks[ev.rule][ev.device_id] = _Track("firing", last_seen_ns=now, tags=ev.tags, event=ev)
+            seen_ns = self._tracks[ev.rule].get(ev.device_id, _Track(last_seen_ns=now)).last_seen_ns
+            self._tracks[ev.rule][ev.device_id] = _Track("firing", last_seen_ns=seen_ns, tags=ev.tags, event=ev)
         self._update_gauges()
 
     async def process(self, items: Sequence[Any]) -> list[OutgoingMessage]:
@@ -102,6 +116,10 @@ class AlertEngine:
                 self._evaluate(item, out)
             except Exception:
                 log.exception("alert engine: evaluating a reading failed; skipped", extra={"device": item.device_id})
+        now = time.time_ns()
+        for e in out:  # caused by a reading: latency from its receipt to the decision
+            if e.received_ns:
+                self._metrics.alert_latency.labels(e.rule).observe(max(0, now - e.received_ns) / 1e9)
         return await self._emit(out)
 
     async def tick(self, now_ns: int) -> list[OutgoingMessage]:
@@ -115,10 +133,12 @@ class AlertEngine:
                 evals.inc()
                 if track.state != "firing" and now_ns - track.last_seen_ns >= after:
                     self._fire(rule, device, track, None, now_ns, track.last_seen_ns, out)
+        if self._seen_dirty and now_ns - self._saved_ns >= self._state_interval:
+            self._dirty = True  # periodic save of the last-seen times, by `_emit`
         return await self._emit(out)
 
     async def close(self) -> None:
-        if self._dirty:
+        if self._dirty or self._seen_dirty:
             await self._save()
 
     # -- queries and reload ---------------------------------------------------------------
@@ -155,6 +175,7 @@ class AlertEngine:
             if isinstance(rule, AbsenceRule):
                 self._metrics.alert_evaluations.labels(rule.name).inc()
                 track.last_seen_ns = r.received_ns or time.time_ns()
+                self._seen_dirty = True
                 if track.state == "firing":
                     self._resolve(rule, track, None, r.time_ns, r.received_ns, out)
                 continue
@@ -237,11 +258,22 @@ class AlertEngine:
             await self._save()
         return [OutgoingMessage(e, 512 + len(e.summary), e.device_id) for e in events]
 
+    def state(self) -> AlertState:
+        """What the state file holds: firing alerts and the last-seen times of absence rules."""
+        last_seen: dict[str, tuple[str, dict[str, Seen]]] = {}
+        for name, rule in self._rules.items():
+            if isinstance(rule, AbsenceRule):
+                devices = {d: Seen(t.last_seen_ns, dict(t.tags)) for d, t in self._tracks[name].items()}
+                last_seen[name] = (rule_fingerprint(rule), devices)
+        return AlertState(self.firing(), last_seen)
+
     async def _save(self) -> None:
+        state, self._seen_dirty = self.state(), False
         try:
-            await asyncio.to_thread(write_state, self.state_path, self.firing())
-            self._dirty = False
+            await asyncio.to_thread(write_state, self.state_path, state)
+            self._dirty, self._saved_ns = False, time.time_ns()
         except OSError as exc:
+            self._seen_dirty = True
             self._dirty = True
             log.error("alert engine: cannot write the state file %s: %s", self.state_path, exc)
 

@@ -32,7 +32,12 @@ class AlertsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subscription: str = Field(min_length=1, description="A subscription on the telemetry topic.")
-    state_file: str = Field("alerts.json", description="Firing alerts, for `gateway alerts`; relative to data_dir.")
+    state_file: str = Field(
+        "alerts.json", description="Firing alerts and last-seen times (kept across restarts); relative to data_dir."
+    )
+    state_interval: Duration = Field(
+        timedelta(seconds=10), description="How often moving last-seen times are saved (and at stop)."
+    )
     check_interval: Duration = Field(timedelta(seconds=1), description="How often absence rules are checked.")
     rules: dict[str, AlertRule] = Field(default_factory=dict)
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig(max_in_flight=1, max_retries=3))
@@ -49,11 +54,11 @@ class AlertsConfig(BaseModel):
                 data["runner"] = _processor_runner(data["runner"])
         return data
 
-    @field_validator("check_interval")
+    @field_validator("check_interval", "state_interval")
     @classmethod
     def _positive(cls, v: timedelta) -> timedelta:
         if v <= timedelta(0):
-            raise ValueError("check_interval must be positive")
+            raise ValueError("must be positive")
         return v
 
 
@@ -75,6 +80,11 @@ class InvalidationConfig(BaseModel):
         None, description="Telemetry-caused invalidations wait until this sink has stored the reading."
     )
     metadata_db: str = Field("metadata.db", description="Device metadata store (SQLite); relative to data_dir.")
+    state_file: str = Field(
+        "invalidation-state.json",
+        description="Last values of the state fields and unsent invalidations (kept across restarts); in data_dir.",
+    )
+    state_interval: Duration = Field(timedelta(seconds=10), description="How often changed baselines are saved.")
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig(max_in_flight=1, max_retries=3))
 
     @model_validator(mode="before")
@@ -99,4 +109,6 @@ class InvalidationConfig(BaseModel):
             raise ValueError("state_fields need a subscription (on the telemetry topic) to watch")
         if self.window <= timedelta(0):
             raise ValueError("window must be positive")
+        if self.state_interval <= timedelta(0):
+            raise ValueError("state_interval must be positive")
         return self

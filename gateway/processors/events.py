@@ -13,6 +13,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.bus import codec
+
 ALERT_TEMPLATE_VARS = frozenset({"alert_id", "rule", "status", "device_id", "severity"})
 INVALIDATION_TEMPLATE_VARS = frozenset({"object_type", "id", "device_id"})
 
@@ -121,3 +123,20 @@ def check_template(template: str, allowed: frozenset[str]) -> str:
 
 def render(template: str, values: dict[str, str]) -> str:
     return template.format_map(values)
+
+
+# How the durable bus stores these events (names are part of the on-disk format).
+codec.register(
+    AlertEvent,
+    "alert.v1",
+    lambda e: [e.alert_id, e.rule, e.status, e.device_id, e.severity, e.summary, e.labels, e.tags, e.value,
+               e.started_ns, e.time_ns, e.received_ns],
+    lambda t: AlertEvent(*t),
+)  # fmt: skip
+codec.register(
+    Invalidation,
+    "invalidation.v1",
+    lambda e: [e.object_type, list(e.ids), list(e.sources), list(e.fields), e.changes, e.time_ns, e.received_ns,
+               e.extra],
+    lambda t: Invalidation(t[0], tuple(t[1]), tuple(t[2]), tuple(t[3]), t[4], t[5], t[6], t[7]),
+)  # fmt: skip

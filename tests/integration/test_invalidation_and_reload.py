@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ pytestmark = pytest.mark.integration
 WINDOW = 0.3
 
 
-def invalidation_config(tmp_path: Path, m: Mosquitto, r: Redis) -> Path:
+def invalidation_config(tmp_path: Path, m: Mosquitto, r: Redis, window: float = WINDOW) -> Path:
     return config(
         tmp_path,
         m.port,
         {"invalidation": {"subscription": "cache-detector", "meta_topics": ["devices/{device_id}/meta"],
-                          "state_fields": ["firmware"], "window": f"{WINDOW}s", "after_sink": "store"}},
+                          "state_fields": ["firmware"], "window": f"{window}s", "after_sink": "store"}},
         {"cache-detector": {"topic": "telemetry", "batch": {"max_latency": "10ms"}},
          "to-redis": {"topic": "invalidations", "batch": {"max_latency": "10ms"}}},
         {"redis": {"type": "redis", "subscription": "to-redis", "url": r.url, "channel": "inval",
@@ -63,6 +64,38 @@ async def test_metadata_change_invalidates_the_redis_cache_within_the_window_onc
             await publish(mosquitto.port, [("devices/m2/meta", {"rev": i}) for i in range(10)])
             await asyncio.sleep(WINDOW * 3)
             assert [(e["ids"], e["changes"]) for e in got] == [(["m2"], 10)]
+    finally:
+        listener.cancel()
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_pending_invalidations_are_sent_at_shutdown(tmp_path: Path, mosquitto: Mosquitto, redis: Redis) -> None:
+    client = aioredis.Redis.from_url(redis.url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("inval")
+    got: list[dict[str, Any]] = []
+    listener = asyncio.create_task(collect(pubsub, got))
+    db = tmp_path / "data" / "readings.db"
+    try:
+        await client.set("device:s1", "cached")
+        async with running_gateway(invalidation_config(tmp_path, mosquitto, redis, window=3600)):
+            await publish(mosquitto.port, [("devices/s1/meta", {"location": "roof"})], retain=True)
+            await publish(mosquitto.port, [telemetry("s2", 20, firmware="1.0"), telemetry("s2", 20, firmware="2.0")])
+
+            def stored() -> bool:
+                try:
+                    return len(query_readings(db, "s2", "firmware", None, None)) == 2
+                except (FileNotFoundError, sqlite3.OperationalError):  # not created yet
+                    return False
+
+            await wait_for(stored)
+            await asyncio.sleep(0.3)
+            assert got == [] and await client.exists("device:s1") == 1  # the one-hour window is still open
+        # stopped: the pending invalidations were sent before the Redis forwarder was drained
+        assert await client.exists("device:s1") == 0
+        await wait_for(lambda: len(got) == 2, 5)
+        assert sorted((e["ids"][0], e["sources"][0]) for e in got) == [("s1", "meta"), ("s2", "telemetry")]
     finally:
         listener.cancel()
         await pubsub.aclose()

@@ -55,6 +55,7 @@ async def test_threshold_fires_once_and_resolves_with_a_stable_id(tmp_path: Path
     assert metrics.registry.get_sample_value("gateway_alerts_fired_total", {"rule": "hot"}) == 1
     assert metrics.registry.get_sample_value("gateway_alerts_resolved_total", {"rule": "hot"}) == 1
     assert metrics.registry.get_sample_value("gateway_alert_evaluations_total", {"rule": "hot"}) == 5
+    assert metrics.registry.get_sample_value("gateway_alert_latency_seconds_count", {"rule": "hot"}) == 2
 
 
 async def test_hysteresis_keeps_a_flapping_value_from_resolving_and_refiring(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from gateway.core.message import RawMessage, Reading
 from gateway.core.metrics import Metrics
 from gateway.core.processor import ProcessorSink
 from gateway.processors.admin_routes import processor_routes
+from gateway.processors.build import Processors
 from gateway.processors.config import InvalidationConfig
+from gateway.processors.detector_state import load_detector_state
 from gateway.processors.events import Invalidation
 from gateway.processors.invalidation import ChangeDetector, Coalescer
 from gateway.processors.meta_topics import MetaTopics, handle_meta_message
@@ -130,6 +132,25 @@ async def test_processor_sink_publishes_before_accepting_and_ticks() -> None:
     await sink.close()
     got = [m.data for m in await bus.pull("o")]
     assert got[:2] == [("p", 1), ("p", 2)] and ("t", 1) in got
+
+
+async def test_pending_invalidations_are_flushed_at_stop_without_waiting_for_the_window(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    bus.create_topic("invalidations")
+    bus.create_subscription(SubscriptionConfig(name="inv", topic="invalidations"))
+    d = detector(tmp_path, lambda: 150, subscription="c", state_fields=["firmware"], after_sink="store", window="1h")
+    await d.start()
+    await d.record_meta("m1", {"a": 1}, "admin")
+    await d.process(
+        [reading("t1", "1", 100), reading("t1", "2", 120), reading("t2", "1", 100), reading("t2", "2", 200)]
+    )
+    assert await d.tick(time.time_ns()) == []  # the window is open
+    # the store did not settle all it was given: only the metadata change (stored already) goes
+    assert [m.data.ids for m in d.flush_pending(store_settled=False)] == [("m1",)]
+    await Processors(detector=d).flush(bus)  # no after_sink runner: settled, its watermark (150) decides
+    assert [m.data.ids for m in await bus.pull("inv")] == [("t1",)]
+    assert [p.id for p in load_detector_state(d.state_path).pending] == ["t2"]  # held back, kept for the next start
+    await d.close()
 
 
 @pytest.mark.parametrize("cfg", [{"state_fields": ["fw"]}, {"meta_topics": ["devices/meta"]}, {"window": "0s"}])
