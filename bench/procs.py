@@ -40,6 +40,8 @@ class RunResult:
     sim_rate: float | None = None  # msg/s the simulator achieved publishing
     ok: bool = True
     note: str = ""
+    p50_steady_ms: float | None = None  # paced runs: readings stored after the warm-up only
+    p99_steady_ms: float | None = None
 
     @property
     def msgs_per_s(self) -> float:

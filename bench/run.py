@@ -36,7 +36,8 @@ from tests.servers import Mosquitto, VictoriaMetrics
 
 CLIENT = ("q0_single", "q1_single", "q0_batch50", "q1_batch50")
 EMBEDDED = ("embedded_q0", "embedded_q1")
-SCENARIOS = (*CLIENT, *EMBEDDED, "latency", "memory")
+SCENARIOS = (*CLIENT, *EMBEDDED, "latency", "memory", "workers")
+WORKERS = (2, 4)  # `gateway run --workers N` on the client-mode workloads, beside the 1-process run
 METHOD = [
     "Load: device-sim in its multiplexed mode (8 connections; 2 processes for batches), fixed --count and "
     "--seed, nominal rate far above every consumer's (flat out); the same workload for every system.",
@@ -51,6 +52,12 @@ METHOD = [
     "Gateway CPU time: utime+stime from /proc/<pid>/stat between the start of the simulator and the last write; "
     "peak RSS: VmHWM from /proc/<pid>/status (whole process life). Baselines: rusage of the consumer process "
     "(whole life, including start-up). Latency: gateway_ingest_to_stored_seconds histogram, bucket-interpolated.",
+    "Workers curve: the same workload through `gateway run --workers N` (N processes sharing one $share "
+    "subscription); msg/s from the summed /metrics of the N workers, CPU and peak RSS summed over the processes. "
+    "The ratio targets use the fastest of the 1/2/4-process runs (named in the note).",
+    "Latency run: p50/p99 of gateway_ingest_to_stored_seconds over the whole run (results table) and over the "
+    "readings stored after the first 3 s (the target; the histogram's difference), which leaves out the start-up: "
+    "the store creating the run's new series and the simulator settling on its pace.",
     "Everything shares 2 cores: the broker, the simulator, the store and the consumer compete; compare ratios "
     "within one run, not absolute figures across runs.",
 ]
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 run("aiomqtt receive-only ceiling", run_aiomqtt_count, w)
                 run("hand-rolled bridge", run_bridge, w)
                 run("gateway (client mode)", run_gateway, w, False)
+                if "workers" in selected:
+                    for n in WORKERS:
+                        run(f"gateway --workers {n}", run_gateway, w, False, f"gateway_w{n}", n)
             for name in (n for n in EMBEDDED if n in selected):
                 w = ws[name]
                 used.append(w)

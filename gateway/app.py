@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -27,18 +28,21 @@ from datetime import timedelta
 from pathlib import Path
 
 from gateway.admin.server import AdminServer, AdminServerError, Readiness
-from gateway.bus.memory import MemoryBus
+from gateway.bus.sqlite import BusOpenError, SQLiteBus
 from gateway.core.bus import OutgoingMessage
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
 from gateway.core.sink_runner import SinkRunner
+from gateway.ingest import handle_batch
 from gateway.ingress.base import Ingress, IngressError
+from gateway.ingress.client import ClientIngress
 from gateway.ingress.topics import TopicRouter
-from gateway.pipeline import build_ingress, build_sink_runners
+from gateway.pipeline import build_bus, build_ingress, build_sink_runners
 from gateway.processors.admin_routes import processor_routes
 from gateway.processors.build import build_processors
 from gateway.processors.meta_topics import handle_meta_message
 from gateway.processors.reload import ConfigReloader
+from gateway.replay_routes import replay_routes
 from gateway.security.guard import Guard
 from gateway.settings import (
     ALERTS_TOPIC,
@@ -64,11 +68,13 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.bus = MemoryBus(self.metrics)
+        self.bus = build_bus(settings, self.metrics)
         self.router = TopicRouter(settings.routes)
         self.decoder = Decoder(self.router, settings.schemas, settings.validation)
         self.guard = Guard(settings.security, self.router, self.metrics)
         self.ingress: Ingress = build_ingress(settings, self.router, self.metrics)
+        if isinstance(self.ingress, ClientIngress):  # several messages per bus publish (gateway.ingest)
+            self.ingress.batch_handler = functools.partial(handle_batch, self)
         self.runners: list[SinkRunner] = build_sink_runners(settings, self.bus, self.metrics)
         # alerts and cache invalidation (gateway.processors): processors run like sinks, on telemetry
         self.processors = build_processors(settings, self.bus, self.metrics, self.runners)
@@ -89,6 +95,7 @@ class Gateway:
             token=settings.admin.token,
         )
         self.admin.add_route_hook(processor_routes(self.processors.engine, self.processors.detector))
+        self.admin.add_route_hook(replay_routes(self))  # seek, dead-letter replay
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._messages_valid = self.metrics.messages_valid
@@ -144,6 +151,7 @@ class Gateway:
             if self.reloader is not None:
                 loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._open_bus()
         for topic in INTERNAL_TOPICS:
             self.bus.create_topic(topic)
         for sub in self.settings.bus.subscriptions.values():
@@ -205,14 +213,41 @@ class Gateway:
             runners = [r for r in self.runners if r.subscription in names]
             remaining = max(0.1, deadline - time.monotonic())
             await asyncio.gather(*(r.stop(timedelta(seconds=remaining)) for r in runners))
+            if topic == TELEMETRY_TOPIC:  # pending invalidations, before their forwarders drain
+                await self.processors.flush(self.bus)
         left = {n: self.bus.stats(n).backlog for n in subs}
-        if any(left.values()):
+        if any(left.values()) and isinstance(self.bus, SQLiteBus):
+            log.warning(
+                "stopped with undelivered messages, kept in the bus database for the next start",
+                extra={"backlog": left},
+            )
+        elif any(left.values()):
             log.error(
                 "stopped with undelivered messages (memory bus: not kept across restarts)", extra={"backlog": left}
             )
         else:
             log.info("stopped cleanly: every subscription drained")
         await self.bus.close()
+
+    async def _open_bus(self) -> None:
+        """Open the durable bus (no-op for the memory bus); report what recovery could not save."""
+        if not isinstance(self.bus, SQLiteBus):
+            return
+        try:
+            await self.bus.open()
+        except BusOpenError as exc:
+            raise StartupError(f"bus database {self.bus.path}: {exc}") from None
+        report = self.bus.recovery_report
+        if report is not None and report.corrupt:
+            log.error(
+                "bus database was damaged: moved aside and recovered",
+                extra={
+                    "moved_to": str(report.moved_to),
+                    "problems": list(report.problems),
+                    "messages_recovered": report.messages_recovered,
+                    "lost": list(report.lost) or "nothing",
+                },
+            )
 
     async def _wait_empty(self, names: Sequence[str], deadline: float) -> None:
         while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The `gateway` command line: run, check-config, query, deadletter.
+"""The `gateway` command line: run, check-config, query, deadletter, seek, alerts, passwd.
 
 Exit codes: 0 success; 1 runtime failure; 2 unusable configuration or arguments.
 """
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway import replay_cli
 from gateway.config_errors import ConfigError
 from gateway.processors import alerts_cli
 from gateway.security import passwd_cli
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _config_arg(run)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="client mode: N gateway processes sharing one $share subscription, each with its own client id "
+        "(<client_id>-w<i>), data_dir/worker-<i> and admin port (admin.port + i); default 1",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -90,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=["table", "json"], default="table")
     query.add_argument("--sink", default=None, help="name of the sqlite sink when there are several")
 
-    dl = sub.add_parser("deadletter", help="inspect dead letters", description="Inspect the dead-letter file.")
+    dl = sub.add_parser(
+        "deadletter",
+        help="inspect and replay dead letters",
+        description="Inspect the dead-letter file, or replay dead letters once their cause is fixed.",
+    )
     dl_sub = dl.add_subparsers(dest="dl_command", required=True, metavar="ACTION")
     dl_list = dl_sub.add_parser(
         "list",
@@ -101,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl_list.add_argument("--limit", type=int, default=50, help="show the newest N (default: 50)")
     dl_list.add_argument("--reason", default=None, help="only those whose reason contains this text")
     dl_list.add_argument("--format", choices=["table", "json"], default="table")
+    replay_cli.register(sub, dl_sub, _config_arg)
     passwd_cli.register(sub)
     alerts_cli.register(sub, _config_arg)
     return parser
@@ -115,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(replay_cli.join_negative_times(sys.argv[1:] if argv is None else argv))
     if args.command == "passwd":
         return passwd_cli.run(args)
     try:
@@ -128,12 +142,18 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "check-config":
         print(commands.summary(settings, args.config))
         return 0
+    if args.command == "run" and args.workers != 1:
+        return _run_workers(settings, args.config, args.workers)
     if args.command == "run":
         return _run(settings, args.config)
     if args.command == "query":
         return commands.query(settings, args)
+    if args.command == "deadletter" and args.dl_command == "replay":
+        return replay_cli.run_replay(settings, args)
     if args.command == "deadletter":
         return commands.deadletter_list(settings, args)
+    if args.command == "seek":
+        return replay_cli.run_seek(settings, args)
     if args.command == "alerts":
         return alerts_cli.run(settings, args)
     return 2
@@ -152,6 +172,18 @@ def _run(settings: GatewaySettings, config_path: Path | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _run_workers(settings: GatewaySettings, config_path: Path, workers: int) -> int:
+    from gateway import workers as supervisor
+    from gateway.logs import setup_logging
+
+    problem = supervisor.refusal(settings, workers)
+    if problem is not None:
+        print(f"gateway: cannot start: {problem}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log.level, settings.log.format)
+    return supervisor.supervise(settings, config_path, workers)
 
 
 if __name__ == "__main__":

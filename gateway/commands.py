@@ -16,7 +16,9 @@ from typing import Any
 
 import orjson
 
+from gateway.core.duration import format_duration
 from gateway.ingress.config import ClientIngressConfig, EmbeddedIngressConfig
+from gateway.processors.summary import forwarder_target, processors_summary
 from gateway.settings import GatewaySettings
 from gateway.sinks.deadletter_file import DeadLetterFileConfig, read_dead_letters
 from gateway.sinks.influxdb import InfluxDBSinkConfig
@@ -57,6 +59,15 @@ def summary(settings: GatewaySettings, path: Path) -> str:
             f"{k}:{f.type}{'(tag)' if f.tag else ''}{'*' if f.required else ''}" for k, f in s.fields.items()
         )
         out.append(f"  {name} (measurement {s.measurement}): {fields}")
+    bus = settings.bus
+    if bus.type == "sqlite":
+        db, sq = bus.sqlite.path or "bus.db", bus.sqlite
+        out.append(
+            f"bus        sqlite (durable) {settings.data_dir / db}, synchronous {sq.synchronous}, "
+            f"retention {format_duration(sq.retention)}, max {sq.max_bytes} bytes, when full: {sq.full_policy}"
+        )
+    else:
+        out.append("bus        memory (not durable: what it holds is lost when the process ends)")
     out.append("topics and subscriptions")
     for name, sub in settings.bus.subscriptions.items():
         dl = sub.dead_letter_topic or "none"
@@ -67,6 +78,7 @@ def summary(settings: GatewaySettings, path: Path) -> str:
     out.append("sinks")
     for name, sink in settings.sinks.items():
         out.append(f"  {name:<14} {sink.type:<16} <- {sink.subscription}  {_sink_target(sink, settings)}")
+    out += processors_summary(settings)
     adm = settings.admin
     endpoint = f"http://{adm.host}:{adm.port} (/healthz /readyz /metrics)" if adm.enabled else "disabled"
     out.append(f"admin      {endpoint}")
@@ -78,7 +90,7 @@ def _sink_target(sink: Any, settings: GatewaySettings) -> str:
         return f"{sink.url} bucket {sink.bucket!r}"
     if isinstance(sink, SQLiteStoreConfig | DeadLetterFileConfig):
         return str(_sink_path(sink, settings))
-    return ""
+    return forwarder_target(sink) or ""
 
 
 def _sink_path(sink: SQLiteStoreConfig | DeadLetterFileConfig, settings: GatewaySettings) -> Path:

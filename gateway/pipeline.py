@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.bus.memory import MemoryBus
+from gateway.bus.sqlite import SQLiteBus
 from gateway.core.bus import Bus
 from gateway.core.metrics import Metrics
 from gateway.core.sink import Sink
@@ -20,6 +22,13 @@ from gateway.sinks.mqtt_publish import MQTTPublishSink, MQTTPublishSinkConfig
 from gateway.sinks.redis import RedisSink, RedisSinkConfig
 from gateway.sinks.sqlite_store import SQLiteStoreConfig, SQLiteStoreSink
 from gateway.sinks.webhook import WebhookSink, WebhookSinkConfig
+
+
+def build_bus(settings: GatewaySettings, metrics: Metrics) -> MemoryBus | SQLiteBus:
+    """The internal topics' backend (`bus.type`); the sqlite bus must be `open()`ed before use."""
+    if settings.bus.type == "memory":
+        return MemoryBus(metrics)
+    return SQLiteBus(settings.bus.sqlite, settings.data_dir, metrics)
 
 
 def build_ingress(settings: GatewaySettings, router: TopicRouter, metrics: Metrics) -> Ingress:

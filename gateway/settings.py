@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.bus.sqlite import SQLiteBusConfig
 from gateway.config_errors import ConfigError, format_validation_error, load_yaml
 from gateway.core.bus import SubscriptionConfig
 from gateway.core.duration import Duration
@@ -92,7 +93,12 @@ class AdminConfig(BaseModel):
 class BusSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["memory"] = "memory"
+    type: Literal["sqlite", "memory"] = Field(
+        "sqlite",
+        description="sqlite: durable log in data_dir, kept across crashes and restarts (default); "
+        "memory: faster, loses what it holds when the process ends.",
+    )
+    sqlite: SQLiteBusConfig = Field(default_factory=SQLiteBusConfig, description="Storage of the sqlite bus.")
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -49,8 +49,9 @@ def write_config(tmp_path: Path, ingress: dict[str, Any], sinks: dict[str, Any],
 
 
 class GatewayProcess:
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.args = args  # extra `gateway run` arguments, e.g. ("--workers", "2")
         self.env = {**os.environ, **(env or {})}
         data = yaml.safe_load(config.read_text())
         self.admin_port = int(data["admin"]["port"])
@@ -60,7 +61,7 @@ class GatewayProcess:
     def start(self, wait_ready: bool = True) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -16,9 +16,10 @@ The token is never logged or echoed.
 
 Route hooks (`add_route_hook`) extend the endpoint without touching it: each hook is
 awaited with (method, path, body) before the built-in routes and answers (status, body,
-content type), or None to pass. They also receive `PUT` requests (body up to 64 KiB, by
-`Content-Length`); the bearer token check applies to them as to every non-public path.
-Used for `GET /alerts` and `PUT /devices/{id}/meta` (`gateway.processors.admin_routes`).
+content type), or None to pass. They also receive `PUT` and `POST` requests (body up to
+64 KiB, by `Content-Length`); the bearer token check applies to them as to every non-public
+path. Used for `GET /alerts` and `PUT /devices/{id}/meta` (`gateway.processors.admin_routes`),
+`POST /subscriptions/{name}/seek` and `POST /deadletters/replay` (`gateway.replay_routes`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 _PUBLIC = ("/healthz", "/metrics")  # everything else needs the bearer token when one is configured
 _MAX_HEADERS = 100
 _MAX_BODY = 64 * 1024
+_WITH_BODY = ("PUT", "POST")  # methods only route hooks answer
 RouteHook = Callable[[str, str, bytes], Awaitable[tuple[int, bytes, str] | None]]
 
 
@@ -114,7 +116,7 @@ class AdminServer:
                 await self._send(writer, 400, b"bad request\n")
                 return
             method, target = parts[0], parts[1].split("?", 1)[0]
-            if method not in ("GET", "HEAD") and not (method == "PUT" and self._hooks):
+            if method not in ("GET", "HEAD") and not (method in _WITH_BODY and self._hooks):
                 await self._send(writer, 405, b"only GET\n")
                 return
             if target not in _PUBLIC and not self._authorized(authorization):
@@ -124,14 +126,14 @@ class AdminServer:
             if length > _MAX_BODY or length < 0:
                 await self._send(writer, 413, b"request body too large\n")
                 return
-            body = await asyncio.wait_for(reader.readexactly(length), 5) if method == "PUT" and length else b""
+            body = await asyncio.wait_for(reader.readexactly(length), 5) if method in _WITH_BODY and length else b""
             for hook in self._hooks:
                 answer = await hook(method, target, body)
                 if answer is not None:
                     await self._send(writer, answer[0], b"" if method == "HEAD" else answer[1], answer[2])
                     return
-            if method == "PUT":
-                await self._send(writer, 405, b"PUT is not supported on this path\n")
+            if method in _WITH_BODY:
+                await self._send(writer, 405, f"{method} is not supported on this path\n".encode())
                 return
             status, body, ctype = self._route(target)
             await self._send(writer, status, b"" if method == "HEAD" else body, ctype)
@@ -167,8 +169,10 @@ class AdminServer:
             401: "Unauthorized",
             404: "Not Found",
             405: "Method Not Allowed",
+            409: "Conflict",
             413: "Content Too Large",
             422: "Unprocessable Content",
+            500: "Internal Server Error",
             503: "Service Unavailable",
         }
         head = (

@@ -15,7 +15,8 @@ written into the SQL, so no value from a message ever becomes SQL text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from gateway.bus._sqlite_segments import Chunk
 
@@ -26,6 +27,7 @@ class Pending:
     """Changes waiting for the next commit, and the futures to resolve when it is done."""
 
     __slots__ = (
+        "calls",
         "chunks",
         "floors",
         "hws",
@@ -53,10 +55,12 @@ class Pending:
         self.retention = False
         self.stop = False
         self.waiters: list[asyncio.Future[None]] = []
+        # reads run in the writer thread once this batch is committed (`Writer.call`)
+        self.calls: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]] = []
 
     def has_changes(self) -> bool:
         return bool(self.chunks or self.floors or self.settled or self.hws or self.retries or self.topics) or bool(
-            self.subs or self.unsubs or self.meta or self.retention
+            self.subs or self.unsubs or self.meta or self.retention or self.calls
         )
 
 

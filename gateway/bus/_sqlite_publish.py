@@ -44,29 +44,35 @@ class SQLiteBusPublishing(SQLiteBusCore):
         blobs = encode_many(list(map(_DATA, messages)))
         self._seal()
         start = 0
-        blocked = 0.0
         done: asyncio.Future[None] | None = None
-        try:
-            while start < n:
-                stop, nbytes, wait_on = self._fit(subs, messages, blobs, start)
-                if stop > start:
-                    done = self._hold(topic, subs, messages, blobs, start, stop, nbytes)
-                    start = stop
-                    continue
-                assert wait_on is not None
-                t0 = time.monotonic()
-                wait_on.clear()
-                try:
-                    await wait_on.wait()
-                finally:
-                    blocked += time.monotonic() - t0
-                self._check_open()
-            if done is not None:
-                await done
-        finally:
-            if blocked and self._metrics is not None:
-                self._metrics.publish_blocked_seconds.labels(topic).inc(blocked)
+        while start < n:
+            stop, nbytes, wait_on = self._fit(subs, messages, blobs, start)
+            if stop > start:
+                done = self._hold(topic, subs, messages, blobs, start, stop, nbytes)
+                start = stop
+                continue
+            assert wait_on is not None
+            wait_on.clear()
+            await self._wait_blocked(topic, wait_on)
+            self._check_open()
+        if done is not None:
+            await done
         return len(subs)
+
+    async def _wait_blocked(self, topic: str, space: asyncio.Event) -> None:
+        """Wait for `space`, adding the time to `publish_blocked_seconds` at least every second
+        (a publisher blocked for an hour shows in the metric during that hour, not after it)."""
+        while True:
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(1.0):
+                    await space.wait()
+                return
+            except TimeoutError:
+                continue
+            finally:
+                if self._metrics is not None:
+                    self._metrics.publish_blocked_seconds.labels(topic).inc(time.monotonic() - t0)
 
     def _fit(
         self, subs: tuple[DurableSubscription, ...], messages: Sequence[OutgoingMessage], blobs: list[bytes], start: int
@@ -146,6 +152,8 @@ class SQLiteBusPublishing(SQLiteBusCore):
             for sid, seqs in dropped.items():
                 self._settle(p, touched[sid], seqs)
         self._dropped += count
+        if self._metrics is not None:
+            self._metrics.bus_dropped_oldest.inc(count)
         log.warning(
             "bus disk bound reached (max_bytes=%d): dropped the %d oldest unacked message(s); %d dropped since start",
             self._max_bytes,

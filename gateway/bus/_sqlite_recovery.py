@@ -4,7 +4,8 @@ Private to the SQLite bus; runs in its writer thread. `open_database` returns a 
 to a database that passed `PRAGMA quick_check`, and a `RecoveryReport`:
 
 * A missing file is created. A healthy file is used as it is (WAL replay is SQLite's job:
-  every committed transaction is kept, an interrupted one is rolled back).
+  every committed transaction is kept, an interrupted one is rolled back; a WAL ending in a
+  partial frame, the mark of a torn write, is logged as a warning).
 * A file SQLite calls corrupt or "not a database" (torn or foreign writes, truncation) is
   moved aside with its `-wal`/`-shm` files as `<name>.corrupt-<UTC time>`, a fresh database
   is created, and what can still be read from the damaged copy is copied into it
@@ -99,6 +100,9 @@ def open_database(path: Path, synchronous: str) -> tuple[sqlite3.Connection, Rec
     except OSError as exc:
         raise BusOpenError(f"cannot create the directory of the bus database {path}: {exc}") from exc
     existed = path.exists()
+    torn = _torn_wal_tail(path)
+    if torn:
+        log.warning("bus database %s: %s", path, torn)
     problems: list[str] = []
     conn: sqlite3.Connection | None = None
     try:
@@ -152,6 +156,30 @@ def _check(conn: sqlite3.Connection, path: Path) -> list[str]:
         if row is None or row[0] != SCHEMA_VERSION:
             raise BusOpenError(f"{path} has bus schema version {row and row[0]}; this gateway reads {SCHEMA_VERSION}")
     return []
+
+
+def _torn_wal_tail(path: Path) -> str | None:
+    """What a WAL ending in a partial frame means (a write torn by a crash), or None.
+
+    SQLite only ever appends whole frames (24-byte header + one page) after a 32-byte file
+    header; it silently ignores a partial last frame, and with it the transaction it was part of.
+    """
+    wal = Path(f"{path}-wal")
+    try:
+        with wal.open("rb") as f:
+            header = f.read(32)
+            size = wal.stat().st_size
+    except OSError:
+        return None
+    if len(header) < 32:
+        return None
+    extra = (size - 32) % (24 + int.from_bytes(header[8:12], "big"))
+    if not extra:
+        return None
+    return (
+        f"its write-ahead log ends in a partial frame ({extra} bytes: a write torn by a crash or power "
+        "loss); the transaction it belonged to is discarded, what was committed before it is kept"
+    )
 
 
 def _environment_problem(path: Path, exc: sqlite3.DatabaseError, code: int) -> str:

@@ -88,6 +88,7 @@ class Store:
         self._floors: dict[int, int] = {}
         self._sub_topic: dict[int, int] = {}
         self._topic_ids: set[int] = set()
+        self.pins: dict[int, int] = {}  # sub id -> seq: retention keeps its topic's messages from there (a seek)
 
     def load(self) -> Loaded:
         c = self.conn
@@ -167,6 +168,7 @@ class Store:
         for sid, _, tid, floor in p.subs:
             self._floors[sid] = floor
             self._sub_topic[sid] = tid
+            self.pins.pop(sid, None)
         for sid in p.unsubs:
             self._floors.pop(sid, None)
             self._sub_topic.pop(sid, None)
@@ -196,6 +198,7 @@ class Store:
         lw = dict.fromkeys(self._topic_ids, _NO_LIMIT)
         for sid, floor in self._floors.items():
             tid = self._sub_topic[sid]
+            floor = min(floor, self.pins.get(sid, floor))
             if floor < lw.get(tid, _NO_LIMIT):
                 lw[tid] = floor
         return lw

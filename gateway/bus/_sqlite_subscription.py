@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.bus._queue import Exhausted, Held
-from gateway.bus._subscription import Subscription
+from gateway.bus._queue import DeliveryQueue, Exhausted, Held
+from gateway.bus._subscription import DeadlineQueue, Subscription
 from gateway.core.bus import OutgoingMessage, SubscriptionConfig
 
 
@@ -123,6 +123,21 @@ class DurableSubscription(Subscription):
         self._seq = first_seq
         self.add(run, 0, len(run), nbytes, publish_ns)
         self._order.extend(range(first_seq, first_seq + len(run)))
+
+    def clear(self, floor: int) -> None:
+        """Forget every held message, leased or waiting, and the attempts recorded (a seek; the
+        caller holds the new ones with `restore_from`). Ack ids keep counting: old ones stay void."""
+        self.queue = DeliveryQueue(self.avail)
+        self.leased = {}
+        self.deadlines = DeadlineQueue()
+        self.held = {}
+        self.count = self.bytes = 0
+        self._order = deque()
+        self.dropped_waiting = 0
+        self.exhausted_at_restore = []
+        self.hw = 0
+        self._floor = floor
+        self.space.set()  # publishers waiting on it check again
 
     def floor(self, next_seq: int) -> int:
         order = self._order

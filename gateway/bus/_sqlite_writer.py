@@ -10,6 +10,9 @@ the same transaction. The thread loops:
     write it in one transaction and commit
     resolve the futures of the batch on the event loop
 
+`call(fn)` runs `fn(store)` in the thread right after the commit of the batch it joined (so it
+sees everything folded before it) and resolves with its result: the bus's reads (`seek`).
+
 So a change made while a commit is in progress waits for at most that commit plus one
 `commit_interval` plus its own commit. A future resolves only once its batch is committed
 (with the durability `synchronous` gives).
@@ -32,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.bus._sqlite_pending import Pending
 from gateway.bus._sqlite_recovery import RecoveryReport, open_database
@@ -41,6 +44,7 @@ from gateway.core.bus import BusClosed
 
 log = logging.getLogger("gateway.bus.sqlite")
 
+T = TypeVar("T")
 RETENTION_EVERY_S = 1.0  # how often time-based retention runs
 
 
@@ -108,6 +112,17 @@ class Writer:
             p.waiters.append(fut)
         return fut
 
+    def call(self, fn: Callable[[Store], T]) -> asyncio.Future[T]:
+        """Run `fn(store)` in the writer thread after the next commit; the future has its result."""
+        assert self._loop is not None
+        fut: asyncio.Future[T] = self._loop.create_future()
+        with self.batch() as p:
+            if self.failure is not None or self.stopped:
+                fut.set_exception(self.error() if self.failure is not None else BusClosed("bus is closed"))
+            else:
+                p.calls.append((fn, fut))
+        return fut
+
     async def stop(self) -> None:
         """Commit what is pending, close the database and end the thread. Idempotent."""
         if self._thread is None or self.stopped:
@@ -151,6 +166,8 @@ class Writer:
                     self.failure = exc
                     log.critical("bus database write failed; the bus is closed: %s", exc, exc_info=exc)
                     self._call(self._on_failure, exc)
+            for fn, fut in p.calls:
+                self._run_call(store, fn, fut)
             if p.stop:
                 with contextlib.suppress(Exception):
                     store.close()
@@ -158,6 +175,17 @@ class Writer:
                 self._call(_settle_all, p.waiters, self.error() if self.failure is not None else None)
             if p.stop:
                 return
+
+    def _run_call(self, store: Store, fn: Callable[[Store], Any], fut: asyncio.Future[Any]) -> None:
+        if self.failure is not None:
+            self._call(_settle_one, fut, None, self.error())
+            return
+        try:
+            result = fn(store)
+        except Exception as exc:
+            self._call(_settle_one, fut, None, exc)
+        else:
+            self._call(_settle_one, fut, result, None)
 
     def error(self) -> BusStorageError:
         err = BusStorageError(f"bus database failed: {self.failure}")

@@ -9,12 +9,15 @@ is orjson output:
 * `D` + `[topic, reason, source, received_ns, client_id, attempts]` + a newline + the raw
   payload bytes: a `DeadLetter`. orjson never writes a raw newline, so the first one ends
   the JSON; the payload is kept byte for byte (no base64).
+* `T` + `[name, json]`: a value of a type registered with `register` (the processors' event
+  types), stored as the plain JSON its `to_json` returns and rebuilt by its `from_json`.
 * `J` + JSON: any other value made only of None, bool, int (64-bit), finite float, str,
   list and dict with str keys.
 
 Guarantee: `decode(encode(x)) == x`, with the same types, for every value `encode`
 accepts (a `Reading` whose tags and fields hold what `gateway.core.message` says they
-hold, any `DeadLetter` whose text fields are valid UTF-8, and the plain JSON values above).
+hold, any `DeadLetter` whose text fields are valid UTF-8, registered types whose converters
+round-trip, and the plain JSON values above).
 Anything else (a tuple, a set, another dataclass, a string with lone surrogates, an
 integer beyond 64 bits outside a reading's fields) raises `CodecError` instead of being
 stored in an altered form.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -35,10 +39,23 @@ _READING = ord("R")
 _READING_SPECIAL = ord("r")
 _DEAD_LETTER = ord("D")
 _JSON = ord("J")
+_REGISTERED = ord("T")
+_to_json: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+_from_json: dict[str, Callable[[Any], Any]] = {}
 
 
 class CodecError(ValueError):
     """The data cannot be stored exactly, or stored bytes are not a valid encoding."""
+
+
+def register(kind: type, name: str, to_json: Callable[[Any], Any], from_json: Callable[[Any], Any]) -> None:
+    """Make values of `kind` storable under the stable `name` (stored data outlives releases:
+    never reuse a name for another layout). `from_json(to_json(x))` must equal `x`, and
+    `to_json` must return plain JSON values (checked on every encode)."""
+    if _from_json.get(name, from_json) is not from_json:
+        raise ValueError(f"codec name {name!r} is already registered")
+    _to_json[kind] = (name, to_json)
+    _from_json[name] = from_json
 
 
 def encode(data: object) -> bytes:
@@ -53,6 +70,11 @@ def encode(data: object) -> bytes:
                 raise CodecError(f"DeadLetter.payload must be bytes, not {type(d.payload).__name__}")
             head = orjson.dumps((d.topic, d.reason, d.source, d.received_ns, d.client_id, d.attempts))
             return b"D" + head + b"\n" + d.payload
+        registered = _to_json.get(kind)
+        if registered is not None:
+            value = registered[1](data)
+            _check_json(value)
+            return b"T" + orjson.dumps((registered[0], value))
         _check_json(data)
         return b"J" + orjson.dumps(data)
     except TypeError as exc:  # orjson: unsupported type, lone surrogate, integer beyond 64 bits
@@ -89,6 +111,12 @@ def decode(blob: bytes) -> Any:
             return DeadLetter(h[0], blob[cut + 1 :], h[1], h[2], h[3], h[4], h[5])
         if tag == _JSON:
             return orjson.loads(body)
+        if tag == _REGISTERED:
+            name, value = orjson.loads(body)
+            from_json = _from_json.get(name)
+            if from_json is None:
+                raise CodecError(f"stored message data of unknown type {name!r}")
+            return from_json(value)
         if tag == _READING_SPECIAL:
             t = orjson.loads(body)
             fields = t[3]

@@ -44,6 +44,7 @@ from gateway.bus._subscription import Subscription
 from gateway.core.bus import BusClosed, OutgoingMessage, ReceivedMessage, SubscriptionConfig, SubscriptionStats
 from gateway.core.message import dead_letter_for
 from gateway.core.metrics import Metrics
+from gateway.core.seek import SeekResult, SeekUnsupported
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,11 @@ class MemoryBus:
             m.bus_oldest_unacked.labels(name).set(st.oldest_unacked_age_s)
             m.bus_dead_lettered.labels(name).set(st.dead_lettered)
             m.bus_expired.labels(name).set(st.expired)
+
+    async def seek(self, subscription: str, time_ns: int) -> SeekResult:
+        """Not possible here: the memory bus keeps no acked message. Raises SeekUnsupported."""
+        self._sub(subscription)
+        raise SeekUnsupported("seek needs the durable sqlite bus (bus.type: sqlite): memory keeps no acked message")
 
     async def close(self) -> None:
         """Make pending and future `pull`/`publish` calls raise BusClosed. Idempotent."""

@@ -31,13 +31,16 @@ message a subscription holds is also held in memory, so flow control
 * **Retention.** Acked messages stay stored for `retention`; while the stored bytes exceed
   `max_bytes`, the oldest acked ones are deleted first. Only messages older than every
   unacked message of their topic are deleted (`_sqlite_store`).
+* **Seek.** `seek(subscription, time_ns)` re-delivers retained messages, durably (`_sqlite_seek`).
 * **Disk bound.** A message counts its encoded data plus 12 bytes towards `max_bytes`. When
   the unacked backlog (messages some subscription still holds) would exceed it:
   `full_policy: block` makes `publish` wait (backpressure, counted in
   `publish_blocked_seconds`); `drop_oldest` settles the oldest unacked messages for every
   subscription (leased or not; their ack ids die), logs a warning and counts them
-  (`storage_stats().dropped_oldest`). Dead letters are always stored. The file itself is
-  larger than the stored bytes (SQLite pages, the WAL up to 64 MiB at rest).
+  (`storage_stats().dropped_oldest`, metric `gateway_bus_dropped_oldest_total`). Dead
+  letters are always stored. The file itself is larger than the stored bytes (SQLite
+  pages, the WAL up to 64 MiB at rest); `refresh_metrics` exports `gateway_bus_stored_bytes`,
+  `gateway_bus_stored_messages` and `gateway_bus_unacked_bytes`.
 * **Recovery.** `open()` runs `PRAGMA quick_check` (about 20 ms per 50 MB here); a damaged
   file is moved aside and what can be read is carried over (`recovery_report` says what was
   lost; `_sqlite_recovery`). Loading costs about 20 µs per unacked message here.
@@ -68,8 +71,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from gateway.bus._queue import Held
-from gateway.bus._sqlite_publish import SQLiteBusPublishing
 from gateway.bus._sqlite_recovery import BusOpenError, RecoveryReport
+from gateway.bus._sqlite_seek import SQLiteBusSeeking
 from gateway.bus._sqlite_store import StorageStats
 from gateway.bus._sqlite_subscription import DurableSubscription
 from gateway.bus._sqlite_writer import BusStorageError, Writer
@@ -98,7 +101,6 @@ class SQLiteBusConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["sqlite"] = "sqlite"
     path: str | None = Field(None, description="Database file; default <data_dir>/bus.db; relative to data_dir.")
     synchronous: Literal["full", "normal"] = Field(
         "full",
@@ -120,7 +122,7 @@ class SQLiteBusConfig(BaseModel):
     )
 
 
-class SQLiteBus(SQLiteBusPublishing):
+class SQLiteBus(SQLiteBusSeeking):
     """A durable `Bus`. Construct (no I/O), `await open()`, declare topics and subscriptions, use,
     `await close()`. All methods must be called from the event loop that called `open()`."""
 
@@ -265,6 +267,10 @@ class SQLiteBus(SQLiteBusPublishing):
             m.bus_oldest_unacked.labels(name).set(st.oldest_unacked_age_s)
             m.bus_dead_lettered.labels(name).set(st.dead_lettered)
             m.bus_expired.labels(name).set(st.expired)
+        storage = self.storage_stats()
+        m.bus_stored_bytes.set(storage.stored_bytes)
+        m.bus_stored_messages.set(storage.stored_messages)
+        m.bus_unacked_bytes.set(storage.unacked_bytes)
 
     async def enforce_retention(self) -> None:
         """Run time-based retention now (it also runs every second) and wait for its commit."""

@@ -37,3 +37,12 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest spelling `parse_duration` reads back: 1d, 90s, 250ms, 0s."""
+    us = round(value.total_seconds() * 1_000_000)
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1000)):
+        if us and us % size == 0:
+            return f"{us // size}{unit}"
+    return f"{us}us" if us else "0s"

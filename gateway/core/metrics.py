@@ -66,6 +66,21 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        # the durable bus's database (bus.type: sqlite)
+        self.bus_dropped_oldest = Counter(
+            p + "bus_dropped_oldest",
+            "Unacked messages dropped by bus.sqlite.full_policy: drop_oldest (since start).",
+            registry=r,
+        )
+        self.bus_stored_bytes = Gauge(
+            p + "bus_stored_bytes", "Bytes of messages stored in the bus database (acked ones kept too).", registry=r
+        )
+        self.bus_stored_messages = Gauge(
+            p + "bus_stored_messages", "Messages stored in the bus database (acked ones kept too).", registry=r
+        )
+        self.bus_unacked_bytes = Gauge(
+            p + "bus_unacked_bytes", "Stored bytes some subscription still holds (bounded by max_bytes).", registry=r
+        )
         # sinks
         self.sink_written = Counter(p + "sink_written", "Items a sink accepted.", ["sink"], registry=r)
         self.sink_failed = Counter(
@@ -106,6 +121,13 @@ class Metrics:
         self.alerts_fired = Counter(p + "alerts_fired", "Alerts that started firing.", ["rule"], registry=r)
         self.alerts_resolved = Counter(p + "alerts_resolved", "Alerts resolved.", ["rule"], registry=r)
         self.alerts_firing = Gauge(p + "alerts_firing", "Alerts firing now.", ["rule"], registry=r)
+        self.alert_latency = Histogram(
+            p + "alert_latency_seconds",
+            "From receipt of the reading that fired or resolved an alert to the engine's event.",
+            ["rule"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.invalidation_changes = Counter(
             p + "invalidation_changes",
             "Device changes seen, by source (meta, admin, telemetry).",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from gateway.core.duration import Duration
 
 
 class RunnerConfig(BaseModel):
-    """How a runner drives its sink: concurrency, retry pacing, lease upkeep, dead letters.
+    """How a runner drives its sink: concurrency, retry pacing, replay rate, lease upkeep, dead letters.
 
     `lease_extend_interval` must be shorter than the subscription's `ack_deadline`
     (the runner cannot see it): every interval the runner extends the lease of every
@@ -40,6 +40,11 @@ class RunnerConfig(BaseModel):
         None,
         description="Retries of a transient failure before the items are dead-lettered with the last reason; "
         "null retries forever (stores: hold the backlog). Set it for forwarders (webhook, MQTT, Redis).",
+    )
+    max_rate: PositiveFloat | None = Field(
+        None,
+        description="Most items sent to the sink per second, retries included (a token bucket with a burst of "
+        "one second's worth), so that a backlog replayed after an outage does not flood the store; null: no limit.",
     )
 
     @model_validator(mode="after")

@@ -14,6 +14,9 @@ dead-letters permanent refusals, and acks. Guarantees:
   one is settled (within a batch, retried items may land after later ones).
 * `stop(drain_timeout)` lets in-flight writes and their retries finish until the timeout,
   then cancels them; what was not settled stays unacked, for the bus to redeliver.
+* With `max_rate` set, every write call (retries included) first takes one token per item
+  from a token bucket (`gateway.core.rate_limit`): the sink never gets more than `max_rate`
+  items per second beyond a one-second burst, however large the backlog it replays.
 * With `max_retries` set, items still failing transiently after that many retries are
   dead-lettered (as refused items are) with "gave up after N retries: <last reason>".
 * `stored_watermark()`: every `Reading` this runner pulled whose `received_ns` is at or
@@ -41,6 +44,7 @@ from gateway.core.backoff import Backoff
 from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
 from gateway.core.message import Reading, dead_letter_for
 from gateway.core.metrics import Metrics
+from gateway.core.rate_limit import TokenBucket
 from gateway.core.runner_config import RunnerConfig
 from gateway.core.sink import Sink, WriteResult
 
@@ -89,6 +93,7 @@ class SinkRunner:
         self._write_seconds = metrics.sink_write_seconds.labels(sink.name)
         self._healthy_gauge = metrics.sink_healthy.labels(sink.name)
         self._ingest_to_stored = metrics.ingest_to_stored_seconds.labels(sink.name)
+        self._limiter = TokenBucket(config.max_rate) if config.max_rate is not None else None
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._drain_deadline = 0.0
@@ -254,6 +259,8 @@ class SinkRunner:
     async def _write_until_settled(self, msgs: list[ReceivedMessage]) -> None:
         backoff = Backoff(self.config.retry_min_backoff, self.config.retry_max_backoff)
         while msgs:
+            if self._limiter is not None:
+                await self._limiter.acquire(len(msgs))
             started = time.perf_counter()
             try:
                 result, exc = await self._sink.write([m.data for m in msgs]), None

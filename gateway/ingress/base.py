@@ -16,12 +16,15 @@ gateway) and `gateway.ingress.client.ClientIngress` (a subscriber of an external
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from gateway.core.message import RawMessage
 
 MessageHandler = Callable[[RawMessage], Awaitable[None]]
+# Several messages of one connection, in order: the same contract as MessageHandler for each
+# (an ingress may offer it to amortise the bus publish; when it raises, none is acknowledged).
+BatchHandler = Callable[[Sequence[RawMessage]], Awaitable[None]]
 
 
 class IngressError(Exception):

@@ -5,11 +5,11 @@ Promised:
   Interval; 3.1.1: clean session off): QoS 1 messages published while the gateway is away
   arrive when it is back, within `session_expiry`.
 * A QoS 1 message is acknowledged (PUBACK) only once the handler returned (it is on the bus).
-  If the handler raises, it is not acknowledged: the connection is re-opened after a backoff
+  If the handler raises, its batch is not acknowledged: the connection is re-opened after a backoff
   and the broker redelivers it and the later unacknowledged ones, in order. At least once: a
   close right after PUBACKs were sent can lose them (closing with unread data resets TCP).
-* Order and backpressure: one message at a time, in the broker's order; the next is taken
-  once the handler returned. The broker holds QoS 1 messages beyond the inflight window
+* Order and backpressure: in the broker's order, in batches (below); the next batch is
+  taken once the handler returned. The broker holds QoS 1 messages beyond the inflight window
   (MQTT 5 Receive Maximum = `max_inflight`; 3.1.1: the broker's limit): the local queue is
   bounded by it.
 * Reconnection with capped, jittered backoff and resubscription (`gateway_broker_reconnects`).
@@ -22,10 +22,14 @@ slower than the broker. When a connection ends, QoS 0 messages queued locally ar
 and QoS 1 ones left to the broker's redelivery (`clean_start: true` makes it forget them). On
 stop, what is queued locally is handed over for up to `stop_timeout`.
 
-Private APIs, in `_open_client` and `_consume` only: aiomqtt 2.5 acks QoS 1 on queueing and
-its iterator costs a task plus `asyncio.wait` per message, so we use the paho client beneath
-(`Client._client`: manual acks; its `on_message` feeds our own queue) and
-`Client._disconnected` (resolved by aiomqtt when the connection ends).
+Batches: the messages read so far (up to `_MAX_BATCH` and `_MAX_BATCH_BYTES`) go to
+`batch_handler` together (one bus publish per batch; without it, to the handler one by one);
+their PUBACKs, in receipt order, go out in one write once it returned.
+
+Private APIs, in `_open_client`, `_consume` and `gateway.ingress.mqtt_client` only: aiomqtt
+2.5 acks QoS 1 on queueing and its iterator costs a task plus `asyncio.wait` per message, so
+we use the paho client beneath (`Client._client`: manual acks, our reads with `PublishReader`,
+PUBACKs with `write_pubacks`) and `Client._disconnected` (resolved when the connection ends).
 """
 
 from __future__ import annotations
@@ -35,19 +39,19 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import aiomqtt
-import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.core.backoff import Backoff
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
-from gateway.ingress.base import IngressError, MessageHandler
+from gateway.ingress.base import BatchHandler, IngressError, MessageHandler
 from gateway.ingress.config import ClientIngressConfig
+from gateway.ingress.mqtt_client import open_client, write_pubacks
 from gateway.security.tls import TlsConfigError, client_context
 
 log = logging.getLogger("gateway.ingress.client")
@@ -55,6 +59,8 @@ log = logging.getLogger("gateway.ingress.client")
 # CONNACK codes that retrying will not fix: MQTT 3.1.1 (1, 2, 4, 5) and MQTT 5 (0x84 ...).
 _REFUSALS = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8C}
 _STOP_GRACE = 2.0  # seconds for the clean disconnect after the stop_timeout drain
+_MAX_BATCH = 1000  # messages per handler call ...
+_MAX_BATCH_BYTES = 256 * 1024  # ... and payload bytes: one call runs without yielding to the event loop
 
 
 class _Incoming(NamedTuple):
@@ -91,6 +97,8 @@ class ClientIngress:
         self._stop_future: asyncio.Future[None] | None = None
         self._setup_error: IngressError | None = None
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self.batch_handler: BatchHandler | None = None  # preferred to the handler when set
 
     @property
     def connected(self) -> bool:
@@ -147,7 +155,7 @@ class ClientIngress:
         backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
         connections = 0
         while not self._stop_requested.is_set():
-            queue: asyncio.Queue[_Incoming] = asyncio.Queue()
+            queue: deque[_Incoming] = deque()
             client = self._open_client(tls, queue)
             try:
                 async with client:
@@ -160,7 +168,7 @@ class ClientIngress:
                     self._started.set()
                     backoff.reset()
                     log.info("connected to MQTT broker", extra={"broker": self.address, "filters": self.filters})
-                    await self._consume(client, queue, handler)
+                    await self._consume(client, queue, self._batches(handler))
                 reason = "disconnected"
             except (MqttConnectError, _Refused) as exc:
                 if not self._subscribed_once and (isinstance(exc, _Refused) or _code(exc.rc) in _REFUSALS):
@@ -172,7 +180,7 @@ class ClientIngress:
                 reason = "the handler failed; reconnecting so that the broker redelivers the message"
             finally:
                 self._set_connected(False)
-            await self._hand_over_qos0_leftovers(queue, handler)
+            await self._hand_over_qos0_leftovers(queue, self._batches(handler))
             if self._stop_requested.is_set():
                 break
             delay = backoff.next_delay()
@@ -181,39 +189,16 @@ class ClientIngress:
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
         log.info("MQTT client stopped", extra={"broker": self.address})
 
-    def _open_client(self, tls: ssl.SSLContext | None, queue: asyncio.Queue[_Incoming]) -> aiomqtt.Client:
-        c = self.config
-        v5 = c.protocol == "5"
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = int(c.session_expiry.total_seconds())
-            properties.ReceiveMaximum = c.max_inflight
-        client = aiomqtt.Client(
-            c.host,
-            c.port,
-            username=c.username,
-            password=c.password.get_secret_value() if c.password is not None else None,
-            identifier=c.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else c.clean_start,
-            clean_start=c.clean_start if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-            keepalive=int(c.keepalive.total_seconds()),
-            properties=properties,
-            tls_context=tls,
-        )
-        inner: Any = client._client  # private (see the module docstring): manual acks, our own queue
-        inner.manual_ack_set(True)
+    def _open_client(self, tls: ssl.SSLContext | None, queue: deque[_Incoming]) -> aiomqtt.Client:
+        append = queue.append
 
-        def on_message(_client: Any, _userdata: Any, message: Any) -> None:
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:  # not valid MQTT; let validation dead-letter it
-                topic = bytes(message._topic).decode("utf-8", "backslashreplace")
-            queue.put_nowait(_Incoming(topic, message.payload, message.qos, message.mid, time.time_ns()))
+        def on_publish(topic: str, payload: bytes, qos: int, mid: int) -> None:
+            append(_Incoming(topic, payload, qos, mid, time.time_ns()))
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
 
-        inner.on_message = on_message
-        return client
+        return open_client(self.config, tls, on_publish)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         topics: list[tuple[str, int]] = [(f, self.config.qos) for f in self.filters]
@@ -223,60 +208,62 @@ class ClientIngress:
                 raise _Refused(f"the subscription to {topic_filter!r}: {granted}")
 
     # -- messages -----------------------------------------------------------------------------
-    async def _consume(self, client: aiomqtt.Client, queue: asyncio.Queue[_Incoming], handler: MessageHandler) -> None:
+    def _batches(self, handler: MessageHandler) -> BatchHandler:
+        if self.batch_handler is not None:
+            return self.batch_handler
+
+        async def one_by_one(messages: Sequence[RawMessage]) -> None:
+            for message in messages:
+                await handler(message)
+
+        return one_by_one
+
+    async def _consume(self, client: aiomqtt.Client, queue: deque[_Incoming], handler: BatchHandler) -> None:
         inner: Any = client._client
         disconnected: asyncio.Future[None] = client._disconnected
+        loop = asyncio.get_running_loop()
         while not self._stop_requested.is_set():
             if disconnected.done():
                 return disconnected.result()  # raises the reason of an unexpected disconnection
-            try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                if (waited := await self._wait_next(queue, disconnected)) is None:
-                    continue
-                item = waited
-            await self._handle(handler, item, inner)
+            if not queue:
+                assert self._stop_future is not None
+                self._wake = wake = loop.create_future()
+                try:
+                    await asyncio.wait({wake, disconnected, self._stop_future}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._wake = None
+                    wake.cancel()
+                continue
+            await self._handle(handler, _take(queue), inner)
         # Stopping: hand over (and acknowledge) what is queued now, for up to stop_timeout.
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.stop_timeout.total_seconds()
-        for _ in range(queue.qsize()):
-            if disconnected.done() or loop.time() > deadline:
+        for _ in range(len(queue)):  # bounded by the queue now (batches may take later arrivals) and the deadline
+            if not queue or disconnected.done() or loop.time() > deadline:
                 return None
             try:
-                await self._handle(handler, queue.get_nowait(), inner)
+                await self._handle(handler, _take(queue), inner)
             except _HandlerFailed:
                 return None
 
-    async def _wait_next(self, queue: asyncio.Queue[_Incoming], disconnected: asyncio.Future[None]) -> _Incoming | None:
-        """The next message, or None when stop was requested or the connection ended."""
-        assert self._stop_future is not None
-        get: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
-        waiting: set[asyncio.Future[Any]] = {get, disconnected, self._stop_future}
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not get.done():
-                get.cancel()
-        return get.result() if get.done() and not get.cancelled() else None
-
-    async def _handle(self, handler: MessageHandler, item: _Incoming, inner: Any) -> None:
-        self._received.inc()
+    async def _handle(self, handler: BatchHandler, items: list[_Incoming], inner: Any) -> None:
+        self._received.inc(len(items))
         self._in_handler = True
         try:
-            await handler(RawMessage(item.topic, item.payload, item.qos, item.received_ns, None))
+            await handler([RawMessage(i.topic, i.payload, i.qos, i.received_ns, None) for i in items])
         except Exception as exc:
-            log.exception("handler failed; message not acknowledged", extra={"topic": item.topic, "qos": item.qos})
+            log.exception("handler failed; messages not acknowledged", extra={"messages": len(items)})
             raise _HandlerFailed from exc
         finally:
             self._in_handler = False
-        if item.qos:
-            inner.ack(item.mid, item.qos)
+        if inner is not None:
+            write_pubacks(inner, [i.mid for i in items if i.qos])
 
-    async def _hand_over_qos0_leftovers(self, queue: asyncio.Queue[_Incoming], handler: MessageHandler) -> None:
-        for item in [queue.get_nowait() for _ in range(queue.qsize())]:
+    async def _hand_over_qos0_leftovers(self, queue: deque[_Incoming], handler: BatchHandler) -> None:
+        leftovers = deque(item for item in queue if item.qos == 0)
+        queue.clear()
+        while leftovers:
             with contextlib.suppress(_HandlerFailed):
-                if item.qos == 0:
-                    await self._handle(handler, item, None)
+                await self._handle(handler, _take(leftovers), None)
 
     # -- helpers ------------------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -299,3 +286,14 @@ class ClientIngress:
 def _code(rc: Any) -> int:
     """The numeric value of a paho reason code, granted QoS or CONNACK code."""
     return int(getattr(rc, "value", rc))
+
+
+def _take(queue: deque[_Incoming]) -> list[_Incoming]:
+    """The next batch: up to `_MAX_BATCH` messages and `_MAX_BATCH_BYTES` of payload (at least one)."""
+    batch = [queue.popleft()]
+    size = len(batch[0].payload)
+    while queue and len(batch) < _MAX_BATCH and size + len(queue[0].payload) <= _MAX_BATCH_BYTES:
+        item = queue.popleft()
+        size += len(item.payload)
+        batch.append(item)
+    return batch

@@ -12,15 +12,17 @@ What is promised:
   for the handler (plus what one socket read buffer, about 128 KiB, can hold); beyond that
   the gateway stops reading the connection, and TCP slows the device down. A device blocked
   longer than its keep-alive may be disconnected by its own client library.
+* Acknowledgement: a QoS 1 publish is acknowledged (PUBACK) only after the handler returned,
+  that is once the message is on the bus (`gateway.ingress.amqtt_ack`); a publish the handler
+  failed on, or that is still queued when the connection or the gateway stops, is not
+  acknowledged, and the device sends it again after it reconnects.
 * Handler errors are logged; the message is still forwarded to subscribed devices.
 * Stop: new connections and new publishes are refused first; publishes already read keep
   being handed to the handler for up to `stop_timeout`; what is left after that is logged.
 
 What is NOT promised (amqtt's limits):
-* amqtt sends PUBACK for a QoS 1 publish as soon as the publish is queued, before the
-  handler runs. A QoS 1 acknowledgement therefore means "the gateway process has it in
-  memory", not "it is on the bus": a crash, a connection dropped with publishes still
-  queued (silently), or a stop that outlasts `stop_timeout` (logged) loses them.
+* QoS 2 publishes are acknowledged by amqtt on receipt (PUBREC); use QoS 1 for telemetry.
+  QoS 0 publishes still queued at a crash or disconnect are lost (as QoS 0 allows).
 * Messages forwarded to subscribed devices are buffered by amqtt without a bound.
 
 Security (`ingress.auth`, `ingress.acl`, `ingress.tls`; `gateway.security.amqtt_broker`):
@@ -53,6 +55,7 @@ from amqtt.mqtt.publish import PublishPacket
 
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
+from gateway.ingress.amqtt_ack import AckAfterHandoverHandler
 from gateway.ingress.base import IngressError, MessageHandler
 from gateway.ingress.config import EmbeddedIngressConfig
 from gateway.security.amqtt_broker import SecureBroker, identity_of
@@ -162,11 +165,11 @@ class EmbeddedIngress:
             space.clear()
             await space.wait()
 
-    async def _deliver(self, session: Any, message: Any) -> None:
-        """Hand one valid, permitted publish to the handler; never raises."""
+    async def _deliver(self, session: Any, message: Any) -> bool:
+        """Hand one valid, permitted publish to the handler; True once it has taken it. Never raises."""
         if not self._accepting or self._handler is None:
             log.warning("publish arrived after stop; not handed to the pipeline", extra={"topic": message.topic})
-            return
+            return False
         packet = message.publish_packet
         stamp = packet.protocol_ts if packet is not None else None
         received_ns = (stamp - _EPOCH) // _MICROSECOND * 1000 if stamp is not None else time.time_ns()
@@ -184,8 +187,10 @@ class EmbeddedIngress:
             self._busy[task] = None
         try:
             await self._handler(raw)
+            return True
         except Exception:
             log.exception("handler failed; message not taken", extra={"topic": raw.topic, "client_id": raw.client_id})
+            return False
         finally:
             if task is not None:
                 self._busy.pop(task, None)
@@ -234,7 +239,8 @@ class EmbeddedIngress:
                 task.cancel()
             if left or self._busy:
                 log.error(
-                    "stopped with publishes not handed to the pipeline (already acknowledged to devices)",
+                    "stopped with publishes not handed to the pipeline (QoS 1: not acknowledged, devices send "
+                    "them again after reconnecting; QoS 0: lost)",
                     extra={"queued": left, "in_handler": len(self._busy)},
                 )
             with contextlib.suppress(Exception):
@@ -252,6 +258,12 @@ class EmbeddedIngress:
         while quiet < 2 and loop.time() < deadline:
             await asyncio.sleep(0.01)
             quiet = quiet + 1 if broker.queued() == 0 and not self._busy else 0
+
+
+def _settle(handler: Any, app_message: Any, taken: bool) -> None:
+    """Release (taken) or withhold the QoS 1 PUBACK (`gateway.ingress.amqtt_ack`)."""
+    if isinstance(handler, AckAfterHandoverHandler):
+        handler.settle(app_message, taken)
 
 
 class _GatewayBroker(SecureBroker):
@@ -298,8 +310,9 @@ class _GatewayBroker(SecureBroker):
             return False
         if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
             self.logger.info(f"{client_session.client_id} not allowed to publish to topic {topic}.")
+            _settle(handler, app_message, True)  # MQTT 3.1.1 can only acknowledge and drop it
             return True
-        await self._ingress._deliver(client_session, app_message)
+        _settle(handler, app_message, await self._ingress._deliver(client_session, app_message))
         await self.plugins_manager.fire_event(
             BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=app_message
         )

@@ -26,9 +26,9 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.utils import gen_client_id
 
+from gateway.ingress.amqtt_ack import AckAfterHandoverHandler
 from gateway.security.broker_auth import BrokerSecurity
 from gateway.security.identity import Identity
 from gateway.security.tls import peer_common_name
@@ -55,7 +55,7 @@ class SecureBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[Any, Any]:
         try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            handler, incoming = await AckAfterHandoverHandler.init_from_connect(reader, writer, self.plugins_manager)
         except AMQTTError as exc:
             raise AMQTTError(exc) from exc
         except MQTTError as exc:

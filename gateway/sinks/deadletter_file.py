@@ -21,7 +21,6 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -30,6 +29,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 
 from gateway.core.message import DeadLetter, dead_letter_for
 from gateway.core.sink import WriteResult
+from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase, resolve_data_path
 
 
@@ -43,7 +43,7 @@ class DeadLetterFileConfig(SinkConfigBase):
     keep: NonNegativeInt = Field(5, description="Rotated files kept (<file>.1 is the newest); 0 keeps none.")
 
 
-class DeadLetterFileSink:
+class DeadLetterFileSink(BlockingSink):
     """Appends dead letters to a JSON-lines file. See the module docstring for guarantees."""
 
     def __init__(self, config: DeadLetterFileConfig, data_dir: Path) -> None:
@@ -61,17 +61,6 @@ class DeadLetterFileSink:
             await asyncio.to_thread(self._open_sync)
         except OSError:
             self._healthy = False
-
-    async def write(self, items: Sequence[Any]) -> WriteResult:
-        if not items:
-            return WriteResult()
-        return await asyncio.to_thread(self._write_sync, list(items))
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._close_sync)
-
-    def healthy(self) -> bool:
-        return self._healthy
 
     def _open_sync(self) -> None:
         with self._lock:

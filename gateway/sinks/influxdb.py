@@ -27,7 +27,6 @@ import asyncio
 import email.utils
 import threading
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from gateway.core.duration import Duration
 from gateway.core.sink import WriteResult
+from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase
 from gateway.sinks.lineprotocol import encode_lines
 
@@ -93,7 +93,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> timedelta 
     return timedelta(seconds=min(max(seconds, 0.0), 86_400.0))
 
 
-class InfluxDBSink:
+class InfluxDBSink(BlockingSink):
     """Writes `Reading`s over the InfluxDB v2 write API. See the module docstring.
 
     `data_dir` is accepted for the common sink constructor; this sink keeps nothing on disk."""
@@ -111,17 +111,6 @@ class InfluxDBSink:
         raises because the server is down: the sink is then unhealthy, and writes report
         retry until it answers."""
         self._healthy = await asyncio.to_thread(self._ping)
-
-    async def write(self, items: Sequence[Any]) -> WriteResult:
-        if not items:
-            return WriteResult()
-        return await asyncio.to_thread(self._write_sync, list(items))
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._close_sync)
-
-    def healthy(self) -> bool:
-        return self._healthy
 
     def _ensure_client(self) -> Any:
         with self._client_lock:

@@ -28,7 +28,6 @@ import asyncio
 import math
 import sqlite3
 import threading
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +38,7 @@ from pydantic import Field
 from gateway.core.duration import Duration
 from gateway.core.message import FieldValue, Reading
 from gateway.core.sink import WriteResult
+from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase, resolve_data_path
 
 _SCHEMA = """
@@ -127,7 +127,7 @@ def _encode_value(name: str, value: object) -> tuple[str, FieldValue]:
     raise ValueError(f"field {name!r} has a value of type {type(value).__name__}; expected float, int, bool or str")
 
 
-class SQLiteStoreSink:
+class SQLiteStoreSink(BlockingSink):
     """Writes `Reading`s to the SQLite store. See the module docstring for guarantees."""
 
     def __init__(self, config: SQLiteStoreConfig, data_dir: Path) -> None:
@@ -145,17 +145,6 @@ class SQLiteStoreSink:
             await asyncio.to_thread(self._open_sync)
         except (sqlite3.Error, OSError):
             self._healthy = False
-
-    async def write(self, items: Sequence[Any]) -> WriteResult:
-        if not items:
-            return WriteResult()
-        return await asyncio.to_thread(self._write_sync, list(items))
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._close_sync)
-
-    def healthy(self) -> bool:
-        return self._healthy
 
     def _open_sync(self) -> None:
         with self._lock:

@@ -521,6 +521,6 @@ async def test_constructor_does_no_io_and_methods_need_open(tmp_path: Path) -> N
     with pytest.raises(RuntimeError, match="open"):
         bus.create_topic("t")
     with pytest.raises(ValueError):
-        SQLiteBusConfig.model_validate({"type": "sqlite", "retention": "1h", "bogus": 1})
-    cfg = SQLiteBusConfig.model_validate({"type": "sqlite", "commit_interval": "2ms", "retention": "1h"})
+        SQLiteBusConfig.model_validate({"retention": "1h", "bogus": 1})
+    cfg = SQLiteBusConfig.model_validate({"commit_interval": "2ms", "retention": "1h"})
     assert cfg.commit_interval == timedelta(milliseconds=2) and cfg.retention == timedelta(hours=1)

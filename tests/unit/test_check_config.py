@@ -150,3 +150,75 @@ def test_secrets_are_never_echoed(
     )
     assert code == 0, err
     assert "s3cr3t-from-env" not in out + err
+
+
+FORWARDERS = (
+    MINIMAL
+    + """\
+bus:
+  subscriptions:
+    store: {topic: telemetry}
+    dl: {topic: deadletter, dead_letter_topic: null}
+    alert-engine: {topic: telemetry}
+    cache-detector: {topic: telemetry}
+    to-webhook: {topic: alerts}
+    to-mqtt: {topic: alerts}
+    to-log: {topic: alerts}
+    to-redis: {topic: invalidations}
+sinks:
+  store: {type: sqlite, subscription: store}
+  dl: {type: deadletter_file, subscription: dl}
+  hook:
+    type: webhook
+    subscription: to-webhook
+    url: "https://ops:url-pass-1@hooks.example.com/alerts?token=query-secret-2"
+    secret: hmac-secret-3
+    runner: {max_retries: 7}
+  mqtt: {type: mqtt_publish, subscription: to-mqtt, port: 1884, username: gw, password: mqtt-secret-4, retain: true}
+  log: {type: log, subscription: to-log, level: warning}
+  cache:
+    type: redis
+    subscription: to-redis
+    url: "redis://:url-pass-5@cache.example.com:6380/2"
+    password: redis-secret-6
+    delete_keys: ["device:{device_id}"]
+alerts:
+  subscription: alert-engine
+  rules:
+    too-hot: {type: threshold, field: temperature, op: ">", value: 30, clear: 28, for: 1m, severity: critical,
+              select: {device_id: ["sensor-*"], tags: {site: [lab]}}}
+    heating: {type: rate, field: temperature, op: ">", value: 0.05, window: 5m}
+    offline: {type: absence, after: 5m}
+invalidation:
+  subscription: cache-detector
+  meta_topics: ["devices/{device_id}/meta"]
+  state_fields: [firmware]
+  after_sink: store
+"""
+)
+
+
+def test_summary_lists_alert_rules_and_forwarders_without_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = check(tmp_path, FORWARDERS, capsys)
+    assert code == 0, err
+    for line in [
+        "hook           webhook          <- to-webhook  POST https://hooks.example.com/alerts, "
+        "signed (HMAC-SHA256 in X-Gateway-Signature), timeout 5s; 7 retries, then dead-lettered",
+        "mqtt           mqtt_publish     <- to-mqtt  mqtt://127.0.0.1:1884 topic alerts/{rule}/{device_id} | "
+        "cache/invalidate/{object_type}/{id}, QoS 1, retained, user 'gw'; 5 retries, then dead-lettered",
+        "log            log              <- to-log  logger gateway.events at warning",
+        "cache          redis            <- to-redis  redis://cache.example.com:6380/2: "
+        "PUBLISH cache-invalidations, DEL device:{device_id}, with password",
+        "alerts     <- alert-engine, 3 rules; state ",
+        "alerts.json (last-seen saved every 10s), absence checked every 1s",
+        "  too-hot        threshold: temperature > 30 (clear 28) for 1m, critical, select device_id sensor-*; site lab",
+        "  heating        rate: temperature/s over 5m > 0.05, warning",
+        "  offline        absence: silent for 5m, warning",
+        "invalidation device changes coalesced over 500ms, telemetry changes wait for sink 'store'",
+        "  sources  meta topics devices/{device_id}/meta; state fields firmware <- cache-detector",
+    ]:
+        assert line in out, f"{line!r} not in:\n{out}"
+    for secret in ("url-pass-1", "query-secret-2", "hmac-secret-3", "mqtt-secret-4", "url-pass-5", "redis-secret-6"):
+        assert secret not in out + err

@@ -38,6 +38,7 @@ DECODER = Decoder(ROUTER, {"env": SchemaConfig.model_validate(SCHEMA)}, Validati
 GUARD = Guard(SecurityConfig(rate_limit=RateLimitConfig(messages_per_second=1e9, burst=10**9)), ROUTER, Metrics())
 NASTY = ["", "\x00", "a\nb", "a,b", "k=v", "sp ace", 'q"uote', "back\\slash", "\\", "é€😀", "\ud800", "#x", "x" * 300]
 
+
 def dump(value: Any) -> bytes:
     """JSON as a hostile device might send it: lone surrogates escaped, NaN/Infinity as bare words."""
     return json.dumps(value, ensure_ascii=True).encode()
