@@ -39,7 +39,7 @@ METHOD = [
     "Backends: `bus.type: memory`; `bus.type: sqlite` with `synchronous: normal`; `bus.type: sqlite` with "
     "`synchronous: full` (the shipped default). Everything else is the shipped config (`config/gateway.external.yaml` "
     "for client mode, `config/gateway.yaml` for embedded mode) with ports and paths changed, and without the "
-    "client-mode sink's `runner.max_rate` drain limit (20,000 readings/s shipped), which would cap every backend "
+    "client-mode sink's `runner.max_rate` drain limit (200,000 readings/s shipped), which would cap every backend "
     "alike.",
     "Load: device-sim, multiplexed (8 connections; 2 processes for batches), fixed --count and --seed, flat out; "
     "client mode: publisher → Mosquitto → gateway (manual PUBACK after the bus append) → VictoriaMetrics; "
