@@ -72,6 +72,11 @@ async def test_alert_fires_and_resolves_through_webhook_mqtt_and_state_file(
             await wait_for(lambda: len(receiver.answers) >= 4)
             await wait_for(lambda: b"resolved" in receiver.requests[-1][1])
             metrics = await scrape(port)
+            deadline = time.monotonic() + 10  # the MQTT and log forwarders deliver on their own subscriptions
+            while any(metrics.get(("gateway_sink_written_total", "sink", s), 0) < 2 for s in ("mqtt", "log")):
+                assert time.monotonic() < deadline, "forwarders did not deliver both events"
+                await asyncio.sleep(0.1)
+                metrics = await scrape(port)
         headers, body = receiver.requests[-1]
         events = [orjson.loads(b) for _, b in receiver.requests]
         assert [e["status"] for e in events] == ["firing", "firing", "firing", "resolved"]  # retried, then resolved
