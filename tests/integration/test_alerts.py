@@ -153,9 +153,13 @@ async def ingest_seconds(tmp_path: Path, mosquitto: Mosquitto, url: str, n: int)
 
 async def test_a_dead_webhook_does_not_slow_telemetry_ingestion(tmp_path: Path, mosquitto: Mosquitto) -> None:
     n = 400
-    with Receiver() as healthy:
-        baseline = await ingest_seconds(tmp_path / "healthy", mosquitto, healthy.url, n)
-    with Receiver(hang=True) as dead:  # accepts, then never answers within the timeout
-        with_dead = await ingest_seconds(tmp_path / "dead", mosquitto, dead.url, n)
-    print(f"ingest {n} readings: healthy webhook {baseline:.2f}s, dead webhook {with_dead:.2f}s")
+    healthy_runs: list[float] = []
+    dead_runs: list[float] = []
+    for round_ in range(2):  # interleaved, best of two each: the machine is shared and noisy
+        with Receiver() as healthy:
+            healthy_runs.append(await ingest_seconds(tmp_path / f"healthy{round_}", mosquitto, healthy.url, n))
+        with Receiver(hang=True) as dead:  # accepts, then never answers within the timeout
+            dead_runs.append(await ingest_seconds(tmp_path / f"dead{round_}", mosquitto, dead.url, n))
+    baseline, with_dead = min(healthy_runs), min(dead_runs)
+    print(f"ingest {n} readings: healthy webhook {healthy_runs}s, dead webhook {dead_runs}s")
     assert with_dead < max(2 * baseline, baseline + 1.5)
