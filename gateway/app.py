@@ -36,6 +36,7 @@ from gateway.core.sink_runner import SinkRunner
 from gateway.ingest import handle_batch
 from gateway.ingress.base import Ingress, IngressError
 from gateway.ingress.client import ClientIngress
+from gateway.ingress.embedded import EmbeddedIngress
 from gateway.ingress.topics import TopicRouter
 from gateway.pipeline import build_bus, build_ingress, build_sink_runners
 from gateway.processors.admin_routes import processor_routes
@@ -73,7 +74,7 @@ class Gateway:
         self.decoder = Decoder(self.router, settings.schemas, settings.validation)
         self.guard = Guard(settings.security, self.router, self.metrics)
         self.ingress: Ingress = build_ingress(settings, self.router, self.metrics)
-        if isinstance(self.ingress, ClientIngress):  # several messages per bus publish (gateway.ingest)
+        if isinstance(self.ingress, ClientIngress | EmbeddedIngress):  # several messages per bus publish (ingest)
             self.ingress.batch_handler = functools.partial(handle_batch, self)
         self.runners: list[SinkRunner] = build_sink_runners(settings, self.bus, self.metrics)
         # alerts and cache invalidation (gateway.processors): processors run like sinks, on telemetry

@@ -120,10 +120,17 @@ class SQLiteBusCore:
         self._topics[config.topic] = (*subs, sub)
 
     def _restore(self, sub: DurableSubscription, loaded: Loaded, settled: set[int], retries: dict[int, int]) -> None:
-        ledger = self._ledger
+        """List the stored messages `sub` still holds on its disk backlog; the window is paged in."""
+        rows = loaded.rows.get(sub.topic_id)
+        if rows is not None:
+            sub.restore_disk(rows, settled, self._ledger.hold_restored)
+        sub.restored_retries = retries
+        sub.restored_hw = sub.hw
+        self._page_in(sub)
 
-        sub.restore_from(loaded.rows.get(sub.topic_id, []), settled, retries, ledger.hold_restored)
-        sub.dead_lettered += len(sub.exhausted_at_restore)
+    def _page_in(self, sub: DurableSubscription) -> None:
+        """Hook: fill `sub`'s window from its on-disk backlog if due (`_sqlite_paging`).
+        Never call it inside a `Writer.batch()` block (it takes the same lock)."""
 
     def subscriptions(self) -> list[str]:
         return list(self._subs)
@@ -164,6 +171,7 @@ class SQLiteBusCore:
         if seqs:
             with self._writer.batch() as p:
                 self._settle(p, sub, seqs)
+            self._page_in(sub)
 
     def nack(self, subscription: str, ack_ids: Sequence[int], delay: timedelta | None = None) -> None:
         """Redeliver after `delay` or the backoff; dead-letter now if attempts are exhausted."""
@@ -222,6 +230,7 @@ class SQLiteBusCore:
             if letters and target is not None and targets:
                 self._hold_dead_letters(p, target, targets, letters, blobs)
             self._settle(p, sub, [m.seq for m, _ in exhausted])
+        self._page_in(sub)
 
     def _hold_dead_letters(
         self,
@@ -237,10 +246,8 @@ class SQLiteBusCore:
         sizes = [o.size for o in letters]
         p.chunks.append(Chunk(first, self._topic_ids[topic], publish_ns, sizes, [None] * len(letters), blobs))
         self._ledger.hold(first, list(map(len, blobs)), len(targets))
-        for t in targets:
-            over = t.add_at(first, letters, 0, len(letters), sum(sizes), publish_ns, forced=True)
-            if over:
-                log.warning("subscription %r took %d dead letter(s) beyond its flow-control limits", t.name, over)
+        for t in targets:  # beyond a full window they go to its disk backlog: a dead letter never waits
+            t.add_at(first, letters, 0, len(letters), sum(sizes), publish_ns)
         self._count_published(topic, len(letters))
 
     # -- helpers ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import operator
 import time
 from collections.abc import Sequence
 
-from gateway.bus._sqlite_bus import SQLiteBusCore
+from gateway.bus._sqlite_paging import SQLiteBusPaging
 from gateway.bus._sqlite_segments import RECORD_OVERHEAD, Chunk
 from gateway.bus._sqlite_subscription import DurableSubscription
 from gateway.bus.codec import encode_many
@@ -23,15 +23,16 @@ _SIZE = operator.attrgetter("size")
 _KEY = operator.attrgetter("ordering_key")
 
 
-class SQLiteBusPublishing(SQLiteBusCore):
-    """`SQLiteBusCore` plus `publish`."""
+class SQLiteBusPublishing(SQLiteBusPaging):
+    """`SQLiteBusPaging` plus `publish`."""
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> int:
         """Store and hold every message for every subscription of `topic`; return once committed.
 
-        Waits while a subscription is full or (`full_policy: block`) the disk bound is
-        reached. Raises KeyError for an unknown topic, CodecError (a ValueError) for data that
-        cannot be stored (then nothing of the call is published) and BusClosed once closed.
+        Waits only while (`full_policy: block`) the disk bound is reached: a subscription whose
+        in-memory window is full holds further messages on disk (`_sqlite_paging`). Raises
+        KeyError for an unknown topic, CodecError (a ValueError) for data that cannot be stored
+        (then nothing of the call is published) and BusClosed once closed.
         Not atomic under backpressure: the prefix handed over before a wait stays published.
         """
         self._check_open()
@@ -79,21 +80,19 @@ class SQLiteBusPublishing(SQLiteBusCore):
     ) -> tuple[int, int, asyncio.Event | None]:
         """The end of the run from `start` that can be held now and its bytes, or what to wait for.
 
-        Like the memory bus, a limit takes messages while it is not reached yet, so it may be
-        exceeded by one message (flow control, and the disk bound under `block`).
+        Only the disk bound limits it (`full_policy: block`); like flow control in the memory
+        bus, it takes messages while it is not reached yet, so it may be exceeded by one message.
         """
-        room_n = min(s.max_messages - s.count for s in subs)
-        room_b = min(s.max_bytes - s.bytes for s in subs)
-        if room_n <= 0 or room_b <= 0:
-            return start, 0, next(s for s in subs if s.full).space
-        disk_room = self._max_bytes - self._ledger.unacked_bytes if not self._drop_oldest else 1 << 62
+        n = len(messages)
+        if self._drop_oldest:
+            return n, sum(map(_SIZE, messages[start:])), None
+        disk_room = self._max_bytes - self._ledger.unacked_bytes
         if disk_room <= 0:
             return start, 0, self._disk_space
-        stop = min(len(messages), start + room_n)
         nbytes = 0
         dbytes = 0
         k = start
-        while k < stop and nbytes < room_b and dbytes < disk_room:
+        while k < n and dbytes < disk_room:
             nbytes += messages[k].size
             dbytes += RECORD_OVERHEAD + len(blobs[k])
             k += 1
@@ -151,6 +150,8 @@ class SQLiteBusPublishing(SQLiteBusCore):
         with self._writer.batch() as p:
             for sid, seqs in dropped.items():
                 self._settle(p, touched[sid], seqs)
+        for sub in touched.values():
+            self._page_in(sub)
         self._dropped += count
         if self._metrics is not None:
             self._metrics.bus_dropped_oldest.inc(count)

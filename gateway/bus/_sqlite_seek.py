@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from gateway.bus._sqlite_publish import SQLiteBusPublishing
 from gateway.bus._sqlite_segments import stored_size, unpack
-from gateway.bus._sqlite_store import RestoredRow, Store
+from gateway.bus._sqlite_store import Store, StoredRows
 from gateway.bus._sqlite_subscription import DROPPED, DurableSubscription
 from gateway.bus.codec import CodecError, decode
 from gateway.core.seek import SeekResult
@@ -49,7 +49,7 @@ _FUTURE_SLACK_NS = 5_000_000_000  # a seek time this far ahead of the clock is r
 class SeekRead:
     """What `read_since` found for one topic below `cut`."""
 
-    rows: list[RestoredRow] = field(default_factory=list)  # published at or after the time, ascending
+    rows: StoredRows = field(default_factory=StoredRows)  # published at or after the time, ascending
     before: list[int] = field(default_factory=list)  # stored seqs in the scanned segments published before it
     oldest_ns: int | None = None
     undecodable: int = 0
@@ -75,7 +75,7 @@ def read_since(store: Store, sub_id: int, topic_id: int, time_ns: int, cut: int)
     for first, last, data in c.execute(query, (topic_id, cut, time_ns)):
         seen = 0
         try:
-            for seq, ns, key, size, body in unpack(first, data):
+            for seq, ns, _key, size, body in unpack(first, data):
                 seen += 1
                 if seq >= cut:
                     break
@@ -83,13 +83,15 @@ def read_since(store: Store, sub_id: int, topic_id: int, time_ns: int, cut: int)
                     out.before.append(seq)
                     continue
                 try:
-                    out.rows.append((seq, ns, key, size, stored_size(body), decode(body)))
+                    decode(body)  # checked now so that the result counts what cannot be delivered
                 except CodecError:
                     out.undecodable += 1
+                else:
+                    out.rows.add(seq, stored_size(body), size, ns)
         except CodecError:  # damaged framing: the rest of the segment is unreadable
             out.undecodable += max(0, min(last, cut - 1) - first + 1 - seen)
-    if out.rows:
-        store.pins[sub_id] = out.rows[0][0]
+    if out.rows.seqs:
+        store.pins[sub_id] = out.rows.seqs[0]
     return out
 
 
@@ -124,28 +126,27 @@ class SQLiteBusSeeking(SQLiteBusPublishing):
     def _reset(self, sub: DurableSubscription, read: SeekRead, cut: int) -> tuple[int, int, asyncio.Future[None]]:
         """Steps 2 and 3 of the module docstring; returns (messages held, skipped, the commit's future)."""
         old = sorted(sub.held.values(), key=_SEQ)
-        kept: list[RestoredRow] = [(m.seq, m.publish_ns, m.key, m.size, 0, m.data) for m in old if m.seq >= cut]
-        below = [m.seq for m in old if m.seq < cut]
-        again = {r[0] for r in read.rows}
+        held = [(m.seq, m.size, m.publish_ns) for m in old] + sub.disk.listed()  # ascending: window, then disk
+        kept = [h for h in held if h[0] >= cut]
+        below = [h[0] for h in held if h[0] < cut]
+        rows = read.rows
+        again = set(rows.seqs)
         skipped = sum(1 for s in below if s not in again)
         for m in old:
             m.data = DROPPED  # a pull still filling its batch discards them (see `SQLiteBus.pull`)
         sub.dropped += 1
-        rows = read.rows + kept
-        floor = rows[0][0] if rows else self._next_seq
+        floor = rows.seqs[0] if rows.seqs else kept[0][0] if kept else self._next_seq
         sub.clear(floor)
         ledger = self._ledger
         if ledger.release(below) and not self._disk_space.is_set():
             self._disk_space.set()
-
-        def held(seq: int, nbytes: int) -> None:
-            if seq < cut:
-                ledger.hold_restored(seq, nbytes)
-
-        sub.restore_from(rows, set(), {}, held)
+        for seq, nbytes in zip(rows.seqs, rows.stored, strict=True):
+            ledger.hold_restored(seq, nbytes)
         ledger.sort()
-        sub.avail.set()
-        kept_seqs = {r[0] for r in kept}
+        sub.disk.append(
+            [*rows.seqs, *(h[0] for h in kept)], [*rows.sizes, *(h[1] for h in kept)], [*rows.ns, *(h[2] for h in kept)]
+        )
+        kept_seqs = {h[0] for h in kept}
         settled = [s for s in read.before if s > floor]
         settled += [s for s in range(max(cut, floor + 1), self._next_seq) if s not in kept_seqs]
         sid = sub.sub_id
@@ -158,4 +159,5 @@ class SQLiteBusSeeking(SQLiteBusPublishing):
             p.subs.append((sid, sub.name, sub.topic_id, floor))
             p.settled.extend((sid, s) for s in settled)
             done = self._writer.waiter(p)
-        return len(rows), skipped, done
+        self._page_in(sub)
+        return len(rows.seqs) + len(kept), skipped, done

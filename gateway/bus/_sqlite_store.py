@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,7 +35,6 @@ from gateway.bus._sqlite_segments import pack, stored_size, unpack
 from gateway.bus.codec import CodecError, decode
 
 _NO_LIMIT = 2**63 - 1
-RestoredRow = tuple[int, int, str | None, int, int, object]  # seq, publish_ns, key, size, stored size, data
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +63,29 @@ class StoredSub:
 
 
 @dataclass(slots=True)
+class StoredRows:
+    """Stored messages of one topic, ascending by sequence number, without their data
+    (checked decodable when read; the data is paged in later): parallel arrays."""
+
+    seqs: array[int] = field(default_factory=lambda: array("q"))
+    stored: array[int] = field(default_factory=lambda: array("i"))  # what each counts towards max_bytes
+    sizes: array[int] = field(default_factory=lambda: array("i"))  # the message size (flow control)
+    ns: array[int] = field(default_factory=lambda: array("q"))  # publish time
+
+    def add(self, seq: int, stored: int, size: int, ns: int) -> None:
+        self.seqs.append(seq)
+        self.stored.append(stored)
+        self.sizes.append(size)
+        self.ns.append(ns)
+
+
+@dataclass(slots=True)
 class Loaded:
     """The database's content at startup: what the bus needs to resume."""
 
     topics: dict[str, int]
     subs: dict[str, StoredSub]
-    rows: dict[int, list[RestoredRow]]  # by topic id, ascending seq: the messages some subscription holds
+    rows: dict[int, StoredRows]  # by topic id: the messages some subscription holds
     next_seq: int
     positions_lost: bool
     undecodable: list[str]  # sequence number ranges of stored messages that could not be decoded
@@ -114,7 +131,7 @@ class Store:
         self.stored_messages, self.stored_bytes = count, nbytes
         floors = [s.floor for s in subs.values()]
         next_seq = max(int(meta.get("next_seq") or 1), max_seq + 1, *floors)
-        rows: dict[int, list[RestoredRow]] = {}
+        rows: dict[int, StoredRows] = {}
         undecodable: list[str] = []
         if floors or positions_lost:
             wanted: dict[int, list[StoredSub]] = {}
@@ -128,21 +145,29 @@ class Store:
                     continue
                 lowest = 0 if positions_lost else min(h.floor for h in holders)
                 exact = not positions_lost and any(h.settled for h in holders)
-                out = rows.setdefault(tid, [])
+                out = rows.get(tid)
+                if out is None:
+                    out = rows[tid] = StoredRows()
                 seen = first - 1
                 try:
-                    for seq, ns, key, size, body in unpack(first, data):
+                    for seq, ns, _key, size, body in unpack(first, data):
                         seen = seq
                         if seq < lowest or (exact and all(seq < h.floor or seq in h.settled for h in holders)):
                             continue
                         try:
-                            out.append((seq, ns, key, size, stored_size(body), decode(body)))
+                            decode(body)  # checked now so that what is lost is reported at open
                         except CodecError:
                             undecodable.append(str(seq))
+                        else:
+                            out.add(seq, stored_size(body), size, ns)
                 except CodecError:  # the segment's framing is damaged: the rest of it is unreadable
                     undecodable.append(f"{seen + 1}..{last}")
-        for out in rows.values():
-            out.sort(key=lambda r: r[0])
+        for tid, out in rows.items():
+            if any(a > b for a, b in zip(out.seqs, out.seqs[1:], strict=False)):  # segments of one topic do not overlap
+                order = sorted(range(len(out.seqs)), key=out.seqs.__getitem__)
+                rows[tid] = StoredRows(
+                    *(array(c.typecode, [c[k] for k in order]) for c in (out.seqs, out.stored, out.sizes, out.ns))
+                )
         return Loaded(topics, subs, rows, next_seq, positions_lost, undecodable)
 
     def apply(self, p: Pending, retention_due: bool) -> None:

@@ -6,26 +6,33 @@ deadlines, backoff, ordering, flow control: `gateway.bus._subscription`) unchang
 * Messages are held under the bus's global sequence numbers (the primary key of the stored
   message) instead of a private counter, so that an ack names a stored row.
 * `floor(next_seq)`: every message of the topic below it is settled (acked, dead-lettered
-  or dropped) for this subscription. It is the smallest held sequence number, or
-  `next_seq` when nothing is held; it never decreases.
-* `restore_from`: re-holds the messages found in the database at startup, with their
-  attempt counts.
+  or dropped) for this subscription. It is the smallest held sequence number (in the window
+  or on disk), or `next_seq` when nothing is held; it never decreases.
+* A window: `max_outstanding_messages` / `_bytes` bound what is held in memory, not what
+  is held. Messages beyond the window are held on disk only (`disk`, a `DiskBacklog`) and
+  paged in, oldest first, as the window drains; the bus reads them (`page_room`,
+  `paged_in`). Everything in the window is older than everything on disk.
+* `restore_disk`: lists on disk the messages found in the database at startup; they are
+  paged in with their recorded attempt counts.
 * `settle_acks`: `ack` that also says which sequence numbers it settled.
 * `drop`: settles a held message because the disk bound was reached (`full_policy:
-  drop_oldest`), whether it is waiting or leased. A waiting one stays in the delivery queue
+  drop_oldest`), whether it is waiting, leased or on disk. A waiting one stays in the delivery queue
   marked `DROPPED` and is discarded when a pull reaches it (`discard_dropped`).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.bus._queue import DeliveryQueue, Exhausted, Held
+from gateway.bus._sqlite_backlog import DiskBacklog, PagedRow
+from gateway.bus._sqlite_store import StoredRows
 from gateway.bus._subscription import DeadlineQueue, Subscription
-from gateway.core.bus import OutgoingMessage, SubscriptionConfig
+from gateway.core.bus import OutgoingMessage, SubscriptionConfig, SubscriptionStats
 
 
 class _Dropped:
@@ -49,6 +56,27 @@ class DurableSubscription(Subscription):
         self._order: deque[int] = deque()  # held sequence numbers, ascending (stale ones popped lazily)
         self.dropped_waiting = 0  # dropped messages still in the delivery queue
         self.exhausted_at_restore: Exhausted = []  # for the bus to dead-letter before anything is leased
+        self.disk = DiskBacklog()  # held on disk only, above everything in the window
+        self.generation = 0  # bumped by a seek: a page-in from before it is ignored
+        self.restored_retries: dict[int, int] = {}  # recorded attempts of messages not paged in yet
+        self.restored_hw = 0  # the recorded first-delivery high water at the restart
+
+    def stats(self, now_ns: int) -> SubscriptionStats:
+        """`Subscription.stats` with the on-disk backlog included."""
+        st = super().stats(now_ns)
+        disk = self.disk
+        if not disk:
+            return st
+        oldest = st.oldest_unacked_age_s
+        ns = disk.oldest_ns()
+        if not self.held and ns is not None:
+            oldest = max(0.0, (now_ns - ns) / 1e9)
+        return dataclasses.replace(
+            st,
+            backlog=st.backlog + disk.count,
+            backlog_bytes=st.backlog_bytes + disk.bytes,
+            oldest_unacked_age_s=oldest,
+        )
 
     def add_at(
         self,
@@ -58,53 +86,71 @@ class DurableSubscription(Subscription):
         stop: int,
         nbytes: int,
         publish_ns: int,
-        forced: bool = False,
-    ) -> int:
-        """Hold `messages[start:stop]` as sequence numbers `first_seq...`; ignore limits when forced.
-
-        Returns how many were taken beyond the flow-control limits (forced only). Sequence
-        numbers must be above every one held so far.
-        """
-        self._seq = first_seq
-        self._order.extend(range(first_seq, first_seq + stop - start))
-        if forced:
-            return self.add_forced(messages[start:stop], publish_ns)
-        self.add(messages, start, stop, nbytes, publish_ns)
-        return 0
-
-    def restore_from(
-        self,
-        rows: Sequence[tuple[int, int, str | None, int, int, Any]],
-        settled: set[int],
-        retries: dict[int, int],
-        on_held: Callable[[int, int], None],
     ) -> None:
-        """Hold the stored messages `rows` (ascending (seq, publish ns, key, size, stored bytes,
-        data)) that this subscription has not settled: those at or above its floor and not in
-        `settled`. `on_held(seq, stored bytes)` is called for each.
+        """Hold `messages[start:stop]` (sizes summing to `nbytes`) as sequence numbers
+        `first_seq...`, above every one held so far: in the window while it has room (a limit
+        takes messages while it is not reached yet, as in the memory bus's flow control) and
+        nothing is on disk; the rest on disk only."""
+        k = start
+        if not self.disk:
+            if self.count + (stop - start) <= self.max_messages and self.bytes + nbytes <= self.max_bytes:
+                k = stop
+            else:
+                n, b = self.count, self.bytes
+                while k < stop and n < self.max_messages and b < self.max_bytes:
+                    b += messages[k].size
+                    n += 1
+                    k += 1
+                nbytes = b - self.bytes
+            if k > start:
+                self._seq = first_seq
+                self.add(messages, start, k, nbytes, publish_ns)
+                self._order.extend(range(first_seq, first_seq + k - start))
+        if k < stop:
+            first = first_seq + k - start
+            self.disk.append(range(first, first + stop - k), [messages[j].size for j in range(k, stop)], publish_ns)
 
-        The attempt count is the recorded one (`retries`), else 1 up to the recorded first
-        delivery high water, else 0. A message whose recorded attempts reached
-        `max_delivery_attempts` (its last lease was cut short by the stop) goes to
-        `exhausted_at_restore` instead of being held.
-        """
+    def restore_disk(self, rows: StoredRows, settled: set[int], on_held: Callable[[int, int], None]) -> None:
+        """List on disk the stored messages `rows` this subscription has not settled: those
+        at or above its floor and not in `settled`; `on_held(seq, stored bytes)` for each.
+        The window fills by paging in (see `paged_in`)."""
+        seqs = rows.seqs
+        keep = range(bisect.bisect_left(seqs, self._floor), len(seqs))
+        if settled:
+            keep = [k for k in keep if seqs[k] not in settled]  # type: ignore[assignment]
+        for k in keep:
+            on_held(seqs[k], rows.stored[k])
+        self.disk.append([seqs[k] for k in keep], [rows.sizes[k] for k in keep], [rows.ns[k] for k in keep])
+
+    def paged_in(self, seqs: Sequence[int], found: dict[int, PagedRow]) -> list[int]:
+        """Move the taken messages `seqs` (ascending) that arrived into the window, with the
+        attempt counts recorded before a restart (`restored_retries`, `restored_hw`); those
+        whose recorded attempts reached `max_delivery_attempts` go to `exhausted_at_restore`.
+        Returns the sequence numbers that were taken but not found (lost)."""
         limit = self.config.max_delivery_attempts
-        hw = self.hw
-        run: list[OutgoingMessage] = []  # consecutive messages of one chunk, restored in one `add`
+        retries = self.restored_retries
+        hw = self.restored_hw
+        lost: list[int] = []
+        run: list[OutgoingMessage] = []
         run_first = run_ns = run_bytes = 0
         attempts: list[tuple[int, int]] = []
-        for seq, ns, key, size, nbytes, data in rows[bisect.bisect_left(rows, self._floor, key=lambda r: r[0]) :]:
-            if settled and seq in settled:
+        for seq in seqs:
+            if not self.disk.arrived(seq):
+                continue  # dropped while it was read
+            row = found.get(seq)
+            if row is None:
+                lost.append(seq)
                 continue
-            on_held(seq, nbytes)
-            recorded = retries.get(seq) if retries else None
+            ns, key, size, data = row
+            recorded = retries.pop(seq, None) if retries else None
             if recorded is not None and recorded >= limit:
                 m = Held(seq, data, size, key, ns)
                 m.attempt = recorded
                 self.exhausted_at_restore.append((m, "delivery interrupted by a restart"))
+                self.dead_lettered += 1
                 continue
             if run and (seq != run_first + len(run) or ns != run_ns):
-                self._restore_run(run_first, run, run_bytes, run_ns)
+                self._add_run(run_first, run, run_bytes, run_ns)
                 run = []
             if not run:
                 run_first, run_ns, run_bytes = seq, ns, 0
@@ -114,37 +160,57 @@ class DurableSubscription(Subscription):
             if attempt:
                 attempts.append((seq, attempt))
         if run:
-            self._restore_run(run_first, run, run_bytes, run_ns)
+            self._add_run(run_first, run, run_bytes, run_ns)
         held = self.held
         for seq, attempt in attempts:
             held[seq].attempt = attempt
+        return lost
 
-    def _restore_run(self, first_seq: int, run: list[OutgoingMessage], nbytes: int, publish_ns: int) -> None:
+    def _add_run(self, first_seq: int, run: list[OutgoingMessage], nbytes: int, publish_ns: int) -> None:
         self._seq = first_seq
         self.add(run, 0, len(run), nbytes, publish_ns)
         self._order.extend(range(first_seq, first_seq + len(run)))
 
+    def page_room(self) -> tuple[int, int] | None:
+        """How much to page in now (messages, bytes), or None: only when something is on disk,
+        nothing is being read, and the window is at most half full (pages are not tiny)."""
+        disk = self.disk
+        if not disk or disk.taken:
+            return None
+        if self.count and (self.count * 2 > self.max_messages or self.bytes * 2 > self.max_bytes):
+            return None
+        return self.max_messages - self.count, self.max_bytes - self.bytes
+
     def clear(self, floor: int) -> None:
-        """Forget every held message, leased or waiting, and the attempts recorded (a seek; the
-        caller holds the new ones with `restore_from`). Ack ids keep counting: old ones stay void."""
+        """Forget every held message, leased, waiting or on disk, and the attempts recorded (a
+        seek; the caller lists the new ones on disk). Ack ids keep counting: old ones stay void;
+        a page-in under way is ignored when it arrives (`generation`)."""
         self.queue = DeliveryQueue(self.avail)
         self.leased = {}
         self.deadlines = DeadlineQueue()
         self.held = {}
         self.count = self.bytes = 0
         self._order = deque()
+        self.disk = DiskBacklog()
+        self.generation += 1
         self.dropped_waiting = 0
         self.exhausted_at_restore = []
+        self.restored_retries = {}
+        self.restored_hw = 0
         self.hw = 0
         self._floor = floor
-        self.space.set()  # publishers waiting on it check again
+        self.space.set()
 
     def floor(self, next_seq: int) -> int:
         order = self._order
         held = self.held
         while order and order[0] not in held:
             order.popleft()
-        floor = order[0] if order else next_seq
+        if order:
+            floor = order[0]
+        else:
+            on_disk = self.disk.first()
+            floor = next_seq if on_disk is None else on_disk
         if floor > self._floor:
             self._floor = floor
         return self._floor
@@ -174,7 +240,7 @@ class DurableSubscription(Subscription):
         """Settle a held message without delivering it again (its ack id dies); False if not held."""
         m = self.held.pop(seq, None)
         if m is None:
-            return False
+            return self.disk.drop(seq)
         self.count -= 1
         self.bytes -= m.size
         m.data = DROPPED

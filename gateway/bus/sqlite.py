@@ -1,10 +1,19 @@
 """The durable bus backend: the `gateway.core.bus.Bus` contract on an embedded SQLite log.
 
-Delivery follows the memory bus exactly (it reuses its subscription logic: fan-out, work
-queues, leases, ack deadlines, backoff with jitter, dead letters, ordering, flow control,
-batching; see `gateway.bus.memory` for the fine print, which applies here too). Every
-message a subscription holds is also held in memory, so flow control
-(`max_outstanding_*`) bounds memory use as with the memory bus. What this backend adds:
+Delivery follows the memory bus (it reuses its subscription logic: fan-out, work queues,
+leases, ack deadlines, backoff with jitter, dead letters, ordering, batching; see
+`gateway.bus.memory` for the fine print, which applies here too), except flow control. What
+this backend adds:
+
+* **A disk-backed backlog.** For this backend a subscription's `max_outstanding_messages` /
+  `max_outstanding_bytes` bound its *in-memory window*, not its backlog: once the window is
+  full, further messages are held on disk only (about 20 bytes of bookkeeping in memory
+  each, plus the unacked ledger's entry) and paged in, oldest first, as acks drain the
+  window below half (`_sqlite_paging`). A full window never makes `publish` wait; only the
+  disk bound does (below). Publish order and each ordering key's order hold across pages
+  (everything in the window is older than everything on disk). `stats().backlog` (and
+  `gateway_subscription_backlog`) count the whole backlog, on disk included. Dead letters
+  beyond a full window also go to disk (`accepted_over_limit` stays 0).
 
 * **Durability of publish.** `publish` returns once its messages are committed (group
   commit in one writer thread: publishes arriving during a commit share the next one). With
@@ -33,17 +42,21 @@ message a subscription holds is also held in memory, so flow control
   unacked message of their topic are deleted (`_sqlite_store`).
 * **Seek.** `seek(subscription, time_ns)` re-delivers retained messages, durably (`_sqlite_seek`).
 * **Disk bound.** A message counts its encoded data plus 12 bytes towards `max_bytes`. When
-  the unacked backlog (messages some subscription still holds) would exceed it:
+  the unacked backlog (messages some subscription still holds, in its window or on disk)
+  would exceed it:
   `full_policy: block` makes `publish` wait (backpressure, counted in
   `publish_blocked_seconds`); `drop_oldest` settles the oldest unacked messages for every
-  subscription (leased or not; their ack ids die), logs a warning and counts them
+  subscription (leased, waiting or on disk only; their ack ids die), logs a warning and
+  counts them
   (`storage_stats().dropped_oldest`, metric `gateway_bus_dropped_oldest_total`). Dead
   letters are always stored. The file itself is larger than the stored bytes (SQLite
   pages, the WAL up to 64 MiB at rest); `refresh_metrics` exports `gateway_bus_stored_bytes`,
   `gateway_bus_stored_messages` and `gateway_bus_unacked_bytes`.
 * **Recovery.** `open()` runs `PRAGMA quick_check` (about 20 ms per 50 MB here); a damaged
   file is moved aside and what can be read is carried over (`recovery_report` says what was
-  lost; `_sqlite_recovery`). Loading costs about 20 µs per unacked message here.
+  lost; `_sqlite_recovery`). Every unacked message is checked decodable at open (about
+  20 µs each here), but only each subscription's window is loaded into memory: the rest of
+  its backlog is listed on disk and paged in (a restart resumes mid-backlog in order).
 * Subscriptions are matched by name across restarts (their settings may change). A stored
   subscription not declared again by the first `publish` is deleted with its position
   (logged). Counters in `stats` restart at zero; the backlog does not.
@@ -206,6 +219,7 @@ class SQLiteBus(SQLiteBusSeeking):
                         first = None
                         continue
                     timeout = first + sub.batch_latency - now
+                self._page_in(sub)  # a safety net: acks and drops start reads as the window drains
                 wake = sub.next_wakeup()
                 if wake is not None and (timeout is None or wake - now < timeout):
                     timeout = wake - now
@@ -245,7 +259,8 @@ class SQLiteBus(SQLiteBusSeeking):
         await done
 
     def stats(self, subscription: str) -> SubscriptionStats:
-        """Counters of one subscription since `open()` (backlog: everything it holds, restored included)."""
+        """Counters of one subscription since `open()` (backlog: everything it holds, in memory
+        and on disk, restored included; the oldest age is approximate while its window is empty)."""
         sub = self._sub(subscription)
         if not self._closed:
             self._poll(sub, time.monotonic())

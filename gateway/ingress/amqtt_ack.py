@@ -20,7 +20,7 @@ outgoing publishes to subscribed devices.
 
 Each incoming publish already runs in its own task (amqtt's reader creates one per packet),
 so waiting here does not stop the connection from being read: the device's in-flight
-window and the gateway's `_admit` gate bound how many wait.
+window and the gateway's `_admit` gate (`gateway.ingress.embedded_broker`) bound how many wait.
 """
 
 from __future__ import annotations

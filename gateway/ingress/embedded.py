@@ -1,22 +1,32 @@
 """The embedded ingress: an amqtt 0.12 MQTT broker running inside the gateway process.
 
-Devices connect to the gateway itself. Publishes are taken inside the broker (a subclass of
-`amqtt.broker.Broker`), not by subscribing to it over a socket: for every valid, permitted
-PUBLISH the handler is awaited with a `RawMessage` (topic, payload, QoS, receipt time,
-publishing client id), then the broker forwards the message as usual to any device
-subscribed to it (devices may subscribe to each other).
+Devices connect to the gateway itself. Publishes are taken inside the broker
+(`gateway.ingress.embedded_broker.GatewayBroker`, an `amqtt.broker.Broker` subclass), not
+by subscribing to it over a socket: every valid, permitted PUBLISH is handed to the gateway
+as a `RawMessage` (topic, payload, QoS, receipt time, publishing client id), then the broker
+forwards it as usual to any device subscribed to it (devices may subscribe to each other).
 
 What is promised:
 * Order: per connection, the handler sees messages in the order the device sent them.
+* Batches: with `batch_handler` set (the gateway sets `gateway.ingest.handle_batch`), each
+  hand-over takes the publishes already read from the connection and waiting (up to
+  `_MAX_BATCH`, at most `max_queued_per_connection`, and about 256 KiB of payload) and
+  gives them to `batch_handler` in one call: one bus commit for the batch instead of one per
+  message. Nothing waits to fill a batch: a device with one publish in flight gets batches of
+  one; one with a large QoS 1 in-flight window (or QoS 0 bursts) gets what arrived during the
+  previous commit. Without `batch_handler`, the handler gets them one by one.
 * Backpressure: at most `max_queued_per_connection` publishes read from one connection wait
-  for the handler (plus what one socket read buffer, about 128 KiB, can hold); beyond that
-  the gateway stops reading the connection, and TCP slows the device down. A device blocked
-  longer than its keep-alive may be disconnected by its own client library.
-* Acknowledgement: a QoS 1 publish is acknowledged (PUBACK) only after the handler returned,
-  that is once the message is on the bus (`gateway.ingress.amqtt_ack`); a publish the handler
-  failed on, or that is still queued when the connection or the gateway stops, is not
-  acknowledged, and the device sends it again after it reconnects.
-* Handler errors are logged; the message is still forwarded to subscribed devices.
+  for, or are in, a hand-over (plus what one socket read buffer, about 128 KiB, can hold);
+  beyond that the gateway stops reading the connection, and TCP slows the device down. A
+  device blocked longer than its keep-alive may be disconnected by its own client library.
+* Acknowledgement: a QoS 1 publish is acknowledged (PUBACK) only after the handler returned
+  for its whole batch, that is once the message is on the bus (`gateway.ingress.amqtt_ack`),
+  and in the order the device sent them; a batch the handler failed on, or a publish still
+  queued when the connection or the gateway stops, is not acknowledged, and the device sends
+  it again after it reconnects (some of a failed batch may already be on the bus: at least once).
+* Handler errors are logged; the messages are still forwarded to subscribed devices.
+* An invalid topic (empty, wildcards, `$...`) closes the connection, as amqtt does; the
+  publishes before it in the batch are handed over first.
 * Stop: new connections and new publishes are refused first; publishes already read keep
   being handed to the handler for up to `stop_timeout`; what is left after that is logged.
 
@@ -28,9 +38,9 @@ What is NOT promised (amqtt's limits):
 Security (`ingress.auth`, `ingress.acl`, `ingress.tls`; `gateway.security.amqtt_broker`):
 CONNECTs are authenticated (password file, client certificate CN, or anonymous where
 allowed) before amqtt touches any session; publishes and subscriptions are checked by the
-ACL, and a refused publish is counted, logged and never handed to the handler. A message
-from an authenticated client reaches the handler as an `AuthenticatedMessage` carrying its
-identity.
+ACL, and a refused publish is counted, logged, acknowledged (MQTT 3.1.1 has no refusal) and
+never handed to the handler; the rest of its batch goes through. A message from an
+authenticated client reaches the handler as an `AuthenticatedMessage` carrying its identity.
 
 `run` sets amqtt's (noisy) loggers to WARNING.
 """
@@ -42,23 +52,19 @@ import contextlib
 import errno
 import logging
 import socket
-import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from amqtt.contexts import Action
 from amqtt.errors import BrokerError
-from amqtt.events import BrokerEvents, MQTTEvents
-from amqtt.mqtt.publish import PublishPacket
 
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
-from gateway.ingress.amqtt_ack import AckAfterHandoverHandler
-from gateway.ingress.base import IngressError, MessageHandler
+from gateway.ingress.base import BatchHandler, IngressError, MessageHandler
 from gateway.ingress.config import EmbeddedIngressConfig
-from gateway.security.amqtt_broker import SecureBroker, identity_of
+from gateway.ingress.embedded_broker import GatewayBroker
+from gateway.security.amqtt_broker import identity_of
 from gateway.security.broker_auth import BrokerSecurity
 from gateway.security.identity import AuthenticatedMessage
 from gateway.security.passwords import PasswordFileError
@@ -68,7 +74,7 @@ log = logging.getLogger("gateway.ingress.embedded")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_SPACE_KEY = "gateway.ingress.space"  # per-session asyncio.Event: the session's queue has room again
+_MAX_BATCH = 500  # publishes of one connection per batch handler call
 _AMQTT_LOGGERS = ("amqtt", "transitions")
 
 
@@ -83,7 +89,8 @@ class EmbeddedIngress:
         self._received = metrics.messages_received.labels(self.name)
         self._security = BrokerSecurity(config.auth, config.acl, config.host, metrics)
         self._handler: MessageHandler | None = None
-        self._broker: _GatewayBroker | None = None
+        self.batch_handler: BatchHandler | None = None  # preferred to the handler when set
+        self._broker: GatewayBroker | None = None
         self._listening = False
         self._closing = False  # stop requested: read no further publishes
         self._accepting = True  # False once stop gave up: no further handler calls
@@ -91,7 +98,6 @@ class EmbeddedIngress:
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._never = asyncio.Event()
         self._setup_error: IngressError | None = None
         self._running = False
 
@@ -125,7 +131,7 @@ class EmbeddedIngress:
                 raise IngressError(f"ingress.auth.password_file: {exc}") from None
             except TlsConfigError as exc:
                 raise IngressError(str(exc)) from None
-            broker = _GatewayBroker(self._broker_config(), self, tls)
+            broker = GatewayBroker(self._broker_config(), self._security, tls, self)
             try:
                 await broker.start()
             except BrokerError as exc:
@@ -152,44 +158,53 @@ class EmbeddedIngress:
         if self._running:
             await self._stopped.wait()
 
-    # -- inside the broker ------------------------------------------------------------------
-    async def _admit(self, session: Any, packet: Any) -> None:
-        """Runs in a connection's reader after it read a packet, before amqtt handles it."""
-        if not isinstance(packet, PublishPacket):
-            return
-        if self._closing:
-            await self._never.wait()  # until the broker's shutdown cancels this reader
-        queue = session.delivered_message_queue
-        while queue.qsize() >= self.config.max_queued_per_connection:
-            space = session.attributes.setdefault(_SPACE_KEY, asyncio.Event())
-            space.clear()
-            await space.wait()
+    # -- inside the broker (`gateway.ingress.embedded_broker.Intake`) ------------------------
+    @property
+    def max_queued(self) -> int:
+        return self.config.max_queued_per_connection
 
-    async def _deliver(self, session: Any, message: Any) -> bool:
-        """Hand one valid, permitted publish to the handler; True once it has taken it. Never raises."""
+    @property
+    def batch_limit(self) -> int:
+        return min(_MAX_BATCH, self.config.max_queued_per_connection) if self.batch_handler is not None else 1
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def hand_over(self, session: Any, messages: Sequence[Any]) -> bool:
+        """Hand valid, permitted publishes of one connection to the handler, in order; True once
+        it has taken all of them. Never raises."""
         if not self._accepting or self._handler is None:
-            log.warning("publish arrived after stop; not handed to the pipeline", extra={"topic": message.topic})
-            return False
-        packet = message.publish_packet
-        stamp = packet.protocol_ts if packet is not None else None
-        received_ns = (stamp - _EPOCH) // _MICROSECOND * 1000 if stamp is not None else time.time_ns()
-        identity = identity_of(session)
-        raw: RawMessage
-        if identity is not None and identity.restricted:
-            raw = AuthenticatedMessage(
-                message.topic, bytes(message.data), message.qos or 0, received_ns, session.client_id, identity
+            log.warning(
+                "publishes arrived after stop; not handed to the pipeline",
+                extra={"topic": messages[0].topic, "messages": len(messages)},
             )
-        else:
-            raw = RawMessage(message.topic, bytes(message.data), message.qos or 0, received_ns, session.client_id)
-        self._received.inc()
+            return False
+        identity = identity_of(session)
+        restricted = identity is not None and identity.restricted
+        raws: list[RawMessage] = []
+        for message in messages:
+            packet = message.publish_packet
+            stamp = packet.protocol_ts if packet is not None else None
+            received_ns = (stamp - _EPOCH) // _MICROSECOND * 1000 if stamp is not None else time.time_ns()
+            args = (message.topic, bytes(message.data), message.qos or 0, received_ns, session.client_id)
+            raws.append(AuthenticatedMessage(*args, identity) if restricted else RawMessage(*args))
+        self._received.inc(len(raws))
         task = asyncio.current_task()
         if task is not None:
             self._busy[task] = None
         try:
-            await self._handler(raw)
+            if self.batch_handler is not None:
+                await self.batch_handler(raws)
+            else:
+                for raw in raws:
+                    await self._handler(raw)
             return True
         except Exception:
-            log.exception("handler failed; message not taken", extra={"topic": raw.topic, "client_id": raw.client_id})
+            log.exception(
+                "handler failed; message(s) not taken",
+                extra={"topic": raws[0].topic, "client_id": raws[0].client_id, "messages": len(raws)},
+            )
             return False
         finally:
             if task is not None:
@@ -226,7 +241,7 @@ class EmbeddedIngress:
                     reason = (exc.strerror or str(exc)).lower()
                     raise IngressError(f"{key}: cannot listen on {self.address}: {reason}") from None
 
-    async def _shutdown(self, broker: _GatewayBroker, drain: bool) -> None:
+    async def _shutdown(self, broker: GatewayBroker, drain: bool) -> None:
         self._closing = True
         try:
             broker.close_listeners()
@@ -250,7 +265,7 @@ class EmbeddedIngress:
             self._stopped.set()
             log.info("embedded MQTT broker stopped")
 
-    async def _drain(self, broker: _GatewayBroker) -> None:
+    async def _drain(self, broker: GatewayBroker) -> None:
         """Let publishes already read reach the handler, up to `stop_timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.stop_timeout.total_seconds()
@@ -258,66 +273,3 @@ class EmbeddedIngress:
         while quiet < 2 and loop.time() < deadline:
             await asyncio.sleep(0.01)
             quiet = quiet + 1 if broker.queued() == 0 and not self._busy else 0
-
-
-def _settle(handler: Any, app_message: Any, taken: bool) -> None:
-    """Release (taken) or withhold the QoS 1 PUBACK (`gateway.ingress.amqtt_ack`)."""
-    if isinstance(handler, AckAfterHandoverHandler):
-        handler.settle(app_message, taken)
-
-
-class _GatewayBroker(SecureBroker):
-    """The secured amqtt broker with two hooks: the backpressure gate and the hand-over to the gateway."""
-
-    def __init__(self, config: dict[str, Any], ingress: EmbeddedIngress, tls: ssl.SSLContext | None) -> None:
-        super().__init__(config, ingress._security, tls)
-        self._ingress = ingress
-        fire_event: Callable[..., Awaitable[None]] = self.plugins_manager.fire_event
-
-        async def gated_fire_event(event_name: Any, *, wait: bool = False, **kwargs: Any) -> None:
-            # The reader loop awaits this after reading each packet: blocking here stops reading.
-            if event_name == MQTTEvents.PACKET_RECEIVED:
-                await ingress._admit(kwargs.get("session"), kwargs.get("packet"))
-            await fire_event(event_name, wait=wait, **kwargs)
-
-        self.plugins_manager.fire_event = gated_fire_event
-
-    def close_listeners(self) -> None:
-        for server in self._servers.values():
-            if server.instance is not None:
-                server.instance.close()
-
-    def queued(self) -> int:
-        """Publishes read from connected devices and not yet taken for the handler."""
-        return sum(
-            s.delivered_message_queue.qsize() for s, _ in self._sessions.values() if s.transitions.state == "connected"
-        )
-
-    async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
-        # amqtt 0.12's body, with the hand-over to the gateway before the broadcast.
-        app_message = wait_deliver.result()
-        space = client_session.attributes.get(_SPACE_KEY)
-        if space is not None:
-            space.set()
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=app_message
-        )
-        if app_message is None:
-            return True
-        topic = app_message.topic
-        if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
-            self.logger.warning(f"{client_session.client_id} invalid topic {topic!r} in PUBLISH, closing connection")
-            return False
-        if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
-            self.logger.info(f"{client_session.client_id} not allowed to publish to topic {topic}.")
-            _settle(handler, app_message, True)  # MQTT 3.1.1 can only acknowledge and drop it
-            return True
-        _settle(handler, app_message, await self._ingress._deliver(client_session, app_message))
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=app_message
-        )
-        if self._subscriptions:  # nobody subscribed: skip amqtt's per-message broadcast task
-            await self._broadcast_message(client_session, topic, app_message.data)
-        if app_message.publish_packet and app_message.publish_packet.retain_flag:
-            await self.retain_message(client_session, topic, app_message.data, app_message.qos)
-        return True

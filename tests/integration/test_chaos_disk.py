@@ -37,15 +37,21 @@ RSS_BOUND_MIB = 300  # stated in the README ("Failure behaviour")
 
 
 def test_stalled_sink_rss_stays_bounded_while_the_disk_backlog_grows(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    n = 40_000
+    """The backlog grows on disk far beyond the subscription's in-memory window, RSS stays flat."""
+    n = 200_000
+    window = 10_000  # max_outstanding_messages: the in-memory window of the durable bus
     stalled = StalledServer()
     ingress = {"type": "client", "host": "127.0.0.1", "port": mosquitto.port, "client_id": "gw-chaos-stall"}
-    gw = GatewayProcess(chaos_config(tmp_path, ingress, influx(stalled.url)))
+    config = chaos_config(tmp_path, ingress, influx(stalled.url))
+    data = yaml.safe_load(config.read_text())
+    data["bus"]["subscriptions"]["tsdb"]["max_outstanding_messages"] = window
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    gw = GatewayProcess(config)
     gw.start(wait_ready=False)  # never ready: its sink does not answer
     wait_for(lambda: metric_or_none(gw, "gateway_broker_connected") == 1, 20, "the gateway to connect")
     assert gw.proc is not None
     bus_db = tmp_path / "data" / "bus.db"
-    publisher = start_publisher(mosquitto.port, telemetry(n, 50, "stall"), rate=5000, timeout=90)
+    publisher = start_publisher(mosquitto.port, telemetry(n, 50, "stall"), rate=5000, timeout=150)
     rss: list[float] = []
     sizes: list[int] = []
     try:
@@ -54,7 +60,8 @@ def test_stalled_sink_rss_stays_bounded_while_the_disk_backlog_grows(tmp_path: P
             sizes.append(file_size(bus_db))
             time.sleep(0.5)
         finish(publisher, 1)
-        wait_for(lambda: gw.metric("gateway_subscription_backlog", 'subscription="tsdb"') == n, 20, "backlog")
+        wait_for(lambda: gw.metric("gateway_subscription_backlog", 'subscription="tsdb"') == n, 30, "backlog")
+        assert gw.metric("gateway_publish_blocked_seconds_total") == 0  # a full window does not hold the ingress
         rss.append(rss_mib(gw.proc.pid))
         sizes.append(file_size(bus_db))
         assert stalled.accepted >= 1 and gw.metric("gateway_sink_written_total", 'sink="tsdb"') == 0
