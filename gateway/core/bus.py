@@ -19,8 +19,10 @@ Semantics, modelled on cloud Pub/Sub:
   time and in publish order: the next message of a key is not leased while an earlier one of
   the same key is outstanding.
 * **Flow control**: a subscription holds at most `max_outstanding_messages` messages and
-  `max_outstanding_bytes` bytes (leased or waiting). `publish` waits while any subscription
-  of the topic is full: this is how backpressure reaches the ingress. Nothing is dropped.
+  `max_outstanding_bytes` bytes (leased or waiting) in memory. On the memory backend
+  `publish` waits while any subscription of the topic is full: this is how backpressure
+  reaches the ingress. A durable backend may keep the rest on disk instead and wait only when
+  its disk budget is spent (`gateway.bus.sqlite`). Nothing is dropped silently.
 * **Batching**: `pull` returns up to `batch.max_messages` messages / `batch.max_bytes`
   bytes, waiting at most `batch.max_latency` after the first message is available.
 
@@ -30,6 +32,7 @@ a durable backend (same contract).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -124,6 +127,13 @@ class Bus(Protocol):
         held by the bus (in memory, or durably for a durable backend).
         """
 
+    async def hand_over(self, topic: str, messages: Sequence[OutgoingMessage]) -> asyncio.Future[None]:
+        """`publish` in two steps: returns once the messages are held, in call order (waiting
+        while full, as `publish`), with a future resolved when `publish` would have returned
+        (durably stored on a durable backend; at once in memory) or failed with its error.
+        A publisher may thus hand over its next messages while the previous ones commit.
+        """
+
     async def pull(self, subscription: str) -> list[ReceivedMessage]:
         """Lease the next batch (at least one message) according to the batch policy."""
 
@@ -148,6 +158,13 @@ class Bus(Protocol):
 
     async def close(self) -> None:
         """Stop background work (deadline timers). Pending `pull` calls raise `BusClosed`."""
+
+
+def resolved() -> asyncio.Future[None]:
+    """A future already resolved (`hand_over` when nothing is left to wait for)."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 class BusClosed(Exception):
