@@ -33,7 +33,7 @@ from gateway.core.bus import OutgoingMessage
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
 from gateway.core.sink_runner import SinkRunner
-from gateway.ingest import handle_batch
+from gateway.ingest import hand_over_batch, handle_batch
 from gateway.ingress.base import Ingress, IngressError
 from gateway.ingress.client import ClientIngress
 from gateway.ingress.embedded import EmbeddedIngress
@@ -76,6 +76,8 @@ class Gateway:
         self.ingress: Ingress = build_ingress(settings, self.router, self.metrics)
         if isinstance(self.ingress, ClientIngress | EmbeddedIngress):  # several messages per bus publish (ingest)
             self.ingress.batch_handler = functools.partial(handle_batch, self)
+        if isinstance(self.ingress, ClientIngress):  # pipelined: hands a batch over while the previous one commits
+            self.ingress.staged_handler = functools.partial(hand_over_batch, self)
         self.runners: list[SinkRunner] = build_sink_runners(settings, self.bus, self.metrics)
         # alerts and cache invalidation (gateway.processors): processors run like sinks, on telemetry
         self.processors = build_processors(settings, self.bus, self.metrics, self.runners)

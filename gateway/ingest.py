@@ -10,14 +10,20 @@ letter of every message is held by the bus, so the ingress may acknowledge them 
 raises, none may be acknowledged (some may already be on the bus: at least once). A metadata
 message of the cache-invalidation processor goes through `Gateway.handle` on its own, after
 what precedes it was published, so the order of the batch is kept.
+
+`hand_over_batch` is the same in two steps (the client ingress pipelines with it): it returns
+once the batch's messages are handed to the bus (`Bus.hand_over`: held, in call order) with a
+future that resolves when `handle_batch` would have returned, or fails with its error. So the
+next batch can be decoded and handed over, in order, while this one commits.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gateway.core.bus import OutgoingMessage
+from gateway.core.bus import OutgoingMessage, resolved
 from gateway.core.message import RawMessage
 from gateway.settings import DEADLETTER_TOPIC, TELEMETRY_TOPIC
 
@@ -27,15 +33,24 @@ if TYPE_CHECKING:
 
 async def handle_batch(gw: Gateway, raws: Sequence[RawMessage]) -> None:
     """Decode `raws` and put their readings and dead letters on the bus (see the module docstring)."""
+    await (await hand_over_batch(gw, raws))
+
+
+async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Future[Any]:
+    """`handle_batch` up to the bus's hand-over; the future resolves once it would have returned."""
     readings: list[OutgoingMessage] = []
     dead: list[OutgoingMessage] = []
+    held: list[asyncio.Future[None]] = []
     valid = 0
     meta, detector, own = gw.processors.meta, gw.processors.detector, gw._own_clients
     for raw in raws:
         if own and raw.client_id in own:
             continue
         if meta and detector is not None and meta.device_of(raw.topic) is not None:
-            await _publish(gw, readings, dead)
+            await _hand_over(gw, readings, dead, held)
+            for future in held:  # what precedes it is published, as Gateway.handle would see it
+                await future
+            held.clear()
             await gw.handle(raw)
             continue
         refused = gw.guard.check(raw)
@@ -51,16 +66,21 @@ async def handle_batch(gw: Gateway, raws: Sequence[RawMessage]) -> None:
         for rejection in result.rejects:
             gw.metrics.messages_invalid.labels(rejection.code).inc()
             dead.append(OutgoingMessage(rejection.dead_letter, len(rejection.dead_letter.payload) + 256))
-    await _publish(gw, readings, dead)
+    await _hand_over(gw, readings, dead, held)
     gw.metrics.messages_valid.inc(valid)
+    if len(held) == 1:
+        return held[0]
+    return asyncio.gather(*held) if held else resolved()
 
 
-async def _publish(gw: Gateway, readings: list[OutgoingMessage], dead: list[OutgoingMessage]) -> None:
-    """Publish and empty both lists (telemetry first)."""
+async def _hand_over(
+    gw: Gateway, readings: list[OutgoingMessage], dead: list[OutgoingMessage], held: list[asyncio.Future[None]]
+) -> None:
+    """Hand both lists over (telemetry first), add their commit futures to `held`, empty them."""
     if readings:
-        await gw.bus.publish(TELEMETRY_TOPIC, readings)
+        held.append(await gw.bus.hand_over(TELEMETRY_TOPIC, readings))
         gw.metrics.readings_valid.inc(len(readings))
         readings.clear()
     if dead:
-        await gw.bus.publish(DEADLETTER_TOPIC, dead)
+        held.append(await gw.bus.hand_over(DEADLETTER_TOPIC, dead))
         dead.clear()

@@ -15,7 +15,7 @@ from gateway.bus._sqlite_paging import SQLiteBusPaging
 from gateway.bus._sqlite_segments import RECORD_OVERHEAD, Chunk
 from gateway.bus._sqlite_subscription import DurableSubscription
 from gateway.bus.codec import encode_many
-from gateway.core.bus import OutgoingMessage
+from gateway.core.bus import OutgoingMessage, resolved
 
 log = logging.getLogger("gateway.bus.sqlite")
 _DATA = operator.attrgetter("data")
@@ -24,7 +24,7 @@ _KEY = operator.attrgetter("ordering_key")
 
 
 class SQLiteBusPublishing(SQLiteBusPaging):
-    """`SQLiteBusPaging` plus `publish`."""
+    """`SQLiteBusPaging` plus `publish` and `hand_over`."""
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> int:
         """Store and hold every message for every subscription of `topic`; return once committed.
@@ -35,13 +35,24 @@ class SQLiteBusPublishing(SQLiteBusPaging):
         (then nothing of the call is published) and BusClosed once closed.
         Not atomic under backpressure: the prefix handed over before a wait stays published.
         """
+        reached, done = await self._hand_over(topic, messages)
+        await done
+        return reached
+
+    async def hand_over(self, topic: str, messages: Sequence[OutgoingMessage]) -> asyncio.Future[None]:
+        """`publish` without the wait for the commit: returns once the messages are held (their
+        sequence numbers taken, in call order) with a future resolved when they are committed
+        (or failed with the commit's error). Same errors and waits as `publish`."""
+        return (await self._hand_over(topic, messages))[1]
+
+    async def _hand_over(self, topic: str, messages: Sequence[OutgoingMessage]) -> tuple[int, asyncio.Future[None]]:
         self._check_open()
         subs = self._topics.get(topic)
         if subs is None:
             raise KeyError(f"topic {topic!r} does not exist (create_topic first)")
         n = len(messages)
         if not subs or not n:
-            return len(subs)
+            return len(subs), resolved()
         blobs = encode_many(list(map(_DATA, messages)))
         self._seal()
         start = 0
@@ -56,9 +67,8 @@ class SQLiteBusPublishing(SQLiteBusPaging):
             wait_on.clear()
             await self._wait_blocked(topic, wait_on)
             self._check_open()
-        if done is not None:
-            await done
-        return len(subs)
+        assert done is not None  # n > 0: at least one run was held
+        return len(subs), done
 
     async def _wait_blocked(self, topic: str, space: asyncio.Event) -> None:
         """Wait for `space`, adding the time to `publish_blocked_seconds` at least every second

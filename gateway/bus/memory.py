@@ -31,6 +31,7 @@ What this backend adds to (or leaves out of) the contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from prometheus_client import Counter
 from gateway.bus._queue import Exhausted, Held
 from gateway.bus._subscription import Subscription
 from gateway.core.bus import BusClosed, OutgoingMessage, ReceivedMessage, SubscriptionConfig, SubscriptionStats
+from gateway.core.bus import resolved as resolved_future
 from gateway.core.message import dead_letter_for
 from gateway.core.metrics import Metrics
 from gateway.core.seek import SeekResult, SeekUnsupported
@@ -135,13 +137,16 @@ class MemoryBus:
                 self._metrics.publish_blocked_seconds.labels(topic).inc(blocked)
         return len(subs)
 
+    async def hand_over(self, topic: str, messages: Sequence[OutgoingMessage]) -> asyncio.Future[None]:
+        """`publish`, returning a resolved future: held in memory is all this backend promises."""
+        await self.publish(topic, messages)
+        return resolved_future()
+
     def _count_published(self, topic: str, n: int) -> None:
-        if self._metrics is None:
-            return
-        child = self._published.get(topic)
-        if child is None:
-            child = self._published[topic] = self._metrics.bus_published.labels(topic)
-        child.inc(n)
+        if self._metrics is not None:
+            if (child := self._published.get(topic)) is None:
+                child = self._published[topic] = self._metrics.bus_published.labels(topic)
+            child.inc(n)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -290,11 +295,6 @@ def _fit(subs: tuple[Subscription, ...], messages: Sequence[OutgoingMessage], st
 
 async def _wait(event: asyncio.Event, within: float | None) -> None:
     """Wait until `event` is set or `within` seconds pass (None: no limit)."""
-    if within is None:
-        await event.wait()
-        return
-    try:
-        async with asyncio.timeout(max(0.0, within)):
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(None if within is None else max(0.0, within)):
             await event.wait()
-    except TimeoutError:
-        pass

@@ -16,8 +16,9 @@ gateway) and `gateway.ingress.client.ClientIngress` (a subscriber of an external
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.core.message import RawMessage
 
@@ -25,6 +26,10 @@ MessageHandler = Callable[[RawMessage], Awaitable[None]]
 # Several messages of one connection, in order: the same contract as MessageHandler for each
 # (an ingress may offer it to amortise the bus publish; when it raises, none is acknowledged).
 BatchHandler = Callable[[Sequence[RawMessage]], Awaitable[None]]
+# A BatchHandler in two steps, for pipelining: the call returns once the batch is handed over
+# (later batches may then be handed over, in order), with a future that resolves when the
+# BatchHandler would have returned (the batch may be acknowledged) or fails with its error.
+StagedBatchHandler = Callable[[Sequence[RawMessage]], Awaitable[asyncio.Future[Any]]]
 
 
 class IngressError(Exception):

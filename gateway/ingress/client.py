@@ -5,13 +5,13 @@ Promised:
   Interval; 3.1.1: clean session off): QoS 1 messages published while the gateway is away
   arrive when it is back, within `session_expiry`.
 * A QoS 1 message is acknowledged (PUBACK) only once the handler returned (it is on the bus).
-  If the handler raises, its batch is not acknowledged: the connection is re-opened after a backoff
-  and the broker redelivers it and the later unacknowledged ones, in order. At least once: a
-  close right after PUBACKs were sent can lose them (closing with unread data resets TCP).
-* Order and backpressure: in the broker's order, in batches (below); the next batch is
-  taken once the handler returned. The broker holds QoS 1 messages beyond the inflight window
-  (MQTT 5 Receive Maximum = `max_inflight`; 3.1.1: the broker's limit): the local queue is
-  bounded by it.
+  If the handler raises, its batch is not acknowledged, nor any later one: the connection is
+  re-opened after a backoff and the broker redelivers them, in order. At least once: a close
+  right after PUBACKs were sent can lose them (closing with unread data resets TCP), and
+  batches handed over after a failed one may be on the bus already.
+* Order and backpressure: in the broker's order, in batches (below), handed over one at a
+  time. The broker holds QoS 1 messages beyond the inflight window (MQTT 5 Receive Maximum =
+  `max_inflight`; 3.1.1: the broker's limit): the local queue is bounded by it.
 * Reconnection with capped, jittered backoff and resubscription (`gateway_broker_reconnects`).
   `wait_started` waits for the first subscription however long the broker is unreachable.
 * IngressError: an unloadable CA file; credentials, client id or subscriptions refused
@@ -22,9 +22,12 @@ slower than the broker. When a connection ends, QoS 0 messages queued locally ar
 and QoS 1 ones left to the broker's redelivery (`clean_start: true` makes it forget them). On
 stop, what is queued locally is handed over for up to `stop_timeout`.
 
-Batches: the messages read so far (up to `_MAX_BATCH` and `_MAX_BATCH_BYTES`) go to
-`batch_handler` together (one bus publish per batch; without it, to the handler one by one);
-their PUBACKs, in receipt order, go out in one write once it returned.
+Batches: the messages read so far (up to `MAX_BATCH` and `MAX_BATCH_BYTES`) go to the
+handler together: `staged_handler` (the gateway's `hand_over_batch`: returns once the batch is
+on the bus, with a future for its commit), else `batch_handler`, else the handler one by one.
+Pipelined (`gateway.ingress.client_pipeline`): while up to `pipeline_depth` batches commit,
+the next one is handed over; each batch's PUBACKs, in receipt order, go out in one write once
+its commit is done and every older batch's PUBACKs went out.
 
 Private APIs, in `_open_client`, `_consume` and `gateway.ingress.mqtt_client` only: aiomqtt
 2.5 acks QoS 1 on queueing and its iterator costs a task plus `asyncio.wait` per message, so
@@ -41,17 +44,19 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from gateway.core.backoff import Backoff
+from gateway.core.bus import resolved
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
-from gateway.ingress.base import BatchHandler, IngressError, MessageHandler
+from gateway.ingress.base import BatchHandler, IngressError, MessageHandler, StagedBatchHandler
+from gateway.ingress.client_pipeline import BatchFlow, HandlerFailed, Incoming, take
 from gateway.ingress.config import ClientIngressConfig
-from gateway.ingress.mqtt_client import open_client, write_pubacks
+from gateway.ingress.mqtt_client import open_client
 from gateway.security.tls import TlsConfigError, client_context
 
 log = logging.getLogger("gateway.ingress.client")
@@ -59,20 +64,7 @@ log = logging.getLogger("gateway.ingress.client")
 # CONNACK codes that retrying will not fix: MQTT 3.1.1 (1, 2, 4, 5) and MQTT 5 (0x84 ...).
 _REFUSALS = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8C}
 _STOP_GRACE = 2.0  # seconds for the clean disconnect after the stop_timeout drain
-_MAX_BATCH = 1000  # messages per handler call ...
-_MAX_BATCH_BYTES = 256 * 1024  # ... and payload bytes: one call runs without yielding to the event loop
-
-
-class _Incoming(NamedTuple):
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    received_ns: int
-
-
-class _HandlerFailed(Exception):
-    """The handler raised: reconnect so that the broker redelivers the message."""
+PIPELINE_DEPTH = 4  # batches awaiting their commit at once (see gateway.ingress.client_pipeline)
 
 
 class _Refused(aiomqtt.MqttError):
@@ -90,7 +82,7 @@ class ClientIngress:
         self._metrics = metrics
         self._received = metrics.messages_received.labels(self.name)
         self._connected = False
-        self._in_handler = False
+        self._flow: BatchFlow | None = None  # the current connection's (or leftovers')
         self._subscribed_once = False
         self._started = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -99,6 +91,8 @@ class ClientIngress:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self.batch_handler: BatchHandler | None = None  # preferred to the handler when set
+        self.staged_handler: StagedBatchHandler | None = None  # preferred to both when set
+        self.pipeline_depth = PIPELINE_DEPTH
 
     @property
     def connected(self) -> bool:
@@ -143,7 +137,8 @@ class ClientIngress:
         if task is None or task.done():
             return
         done, _ = await asyncio.wait({task}, timeout=self.config.stop_timeout.total_seconds())
-        if not done and not self._in_handler:  # draining is over; give the clean disconnect a moment
+        busy = self._flow is not None and self._flow.busy
+        if not done and not busy:  # draining is over; give the clean disconnect a moment
             done, _ = await asyncio.wait({task}, timeout=_STOP_GRACE)
         if not done:
             log.warning("MQTT client did not stop in time; cancelling it (unacknowledged messages are redelivered)")
@@ -155,7 +150,7 @@ class ClientIngress:
         backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
         connections = 0
         while not self._stop_requested.is_set():
-            queue: deque[_Incoming] = deque()
+            queue: deque[Incoming] = deque()
             client = self._open_client(tls, queue)
             try:
                 async with client:
@@ -176,7 +171,7 @@ class ClientIngress:
                 reason = f"refused {exc}"
             except aiomqtt.MqttError as exc:
                 reason = str(exc) or type(exc).__name__
-            except _HandlerFailed:
+            except HandlerFailed:
                 reason = "the handler failed; reconnecting so that the broker redelivers the message"
             finally:
                 self._set_connected(False)
@@ -189,11 +184,11 @@ class ClientIngress:
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
         log.info("MQTT client stopped", extra={"broker": self.address})
 
-    def _open_client(self, tls: ssl.SSLContext | None, queue: deque[_Incoming]) -> aiomqtt.Client:
+    def _open_client(self, tls: ssl.SSLContext | None, queue: deque[Incoming]) -> aiomqtt.Client:
         append = queue.append
 
         def on_publish(topic: str, payload: bytes, qos: int, mid: int) -> None:
-            append(_Incoming(topic, payload, qos, mid, time.time_ns()))
+            append(Incoming(topic, payload, qos, mid, time.time_ns()))
             wake = self._wake
             if wake is not None and not wake.done():
                 wake.set_result(None)
@@ -208,62 +203,77 @@ class ClientIngress:
                 raise _Refused(f"the subscription to {topic_filter!r}: {granted}")
 
     # -- messages -----------------------------------------------------------------------------
-    def _batches(self, handler: MessageHandler) -> BatchHandler:
-        if self.batch_handler is not None:
-            return self.batch_handler
+    def _batches(self, handler: MessageHandler) -> StagedBatchHandler:
+        if self.staged_handler is not None:
+            return self.staged_handler
+        batch_handler = self.batch_handler
 
-        async def one_by_one(messages: Sequence[RawMessage]) -> None:
-            for message in messages:
-                await handler(message)
+        async def in_one_step(messages: Sequence[RawMessage]) -> asyncio.Future[None]:
+            if batch_handler is not None:
+                await batch_handler(messages)
+            else:
+                for message in messages:
+                    await handler(message)
+            return resolved()
 
-        return one_by_one
+        return in_one_step
 
-    async def _consume(self, client: aiomqtt.Client, queue: deque[_Incoming], handler: BatchHandler) -> None:
-        inner: Any = client._client
+    async def _consume(self, client: aiomqtt.Client, queue: deque[Incoming], handler: StagedBatchHandler) -> None:
         disconnected: asyncio.Future[None] = client._disconnected
         loop = asyncio.get_running_loop()
-        while not self._stop_requested.is_set():
-            if disconnected.done():
-                return disconnected.result()  # raises the reason of an unexpected disconnection
-            if not queue:
+        flow = self._flow = BatchFlow(handler, self.pipeline_depth, self._received, client._client)
+        pipe = flow.pipe
+        try:
+            while not self._stop_requested.is_set():
+                if disconnected.done():
+                    return disconnected.result()  # raises the reason of an unexpected disconnection
+                flow.acknowledge()
+                if queue and not pipe.full:
+                    await flow.hand_over(take(queue))
+                    continue
                 assert self._stop_future is not None
+                waits: set[asyncio.Future[Any]] = {disconnected, self._stop_future}
+                if pipe.head is not None:
+                    waits.add(pipe.head)
                 self._wake = wake = loop.create_future()
                 try:
-                    await asyncio.wait({wake, disconnected, self._stop_future}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(waits if queue else {*waits, wake}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     self._wake = None
                     wake.cancel()
-                continue
-            await self._handle(handler, _take(queue), inner)
-        # Stopping: hand over (and acknowledge) what is queued now, for up to stop_timeout.
-        deadline = loop.time() + self.config.stop_timeout.total_seconds()
-        for _ in range(len(queue)):  # bounded by the queue now (batches may take later arrivals) and the deadline
-            if not queue or disconnected.done() or loop.time() > deadline:
+            # Stopping: hand over (and acknowledge) what is queued now, for up to stop_timeout.
+            deadline = loop.time() + self.config.stop_timeout.total_seconds()
+            batches = len(queue)  # bounded by the queue now (batches may take later arrivals) and the deadline
+            while (queue and batches) or pipe:
+                if disconnected.done() or loop.time() > deadline:
+                    return None
+                flow.acknowledge()
+                if queue and batches and not pipe.full:
+                    batches -= 1
+                    await flow.hand_over(take(queue))
+                elif pipe:
+                    flow.busy = True
+                    try:
+                        await pipe.wait_head()
+                    finally:
+                        flow.busy = False
+        except HandlerFailed:
+            if self._stop_requested.is_set():
                 return None
-            try:
-                await self._handle(handler, _take(queue), inner)
-            except _HandlerFailed:
-                return None
-
-    async def _handle(self, handler: BatchHandler, items: list[_Incoming], inner: Any) -> None:
-        self._received.inc(len(items))
-        self._in_handler = True
-        try:
-            await handler([RawMessage(i.topic, i.payload, i.qos, i.received_ns, None) for i in items])
-        except Exception as exc:
-            log.exception("handler failed; messages not acknowledged", extra={"messages": len(items)})
-            raise _HandlerFailed from exc
+            raise
         finally:
-            self._in_handler = False
-        if inner is not None:
-            write_pubacks(inner, [i.mid for i in items if i.qos])
+            pipe.abandon()
+        return None
 
-    async def _hand_over_qos0_leftovers(self, queue: deque[_Incoming], handler: BatchHandler) -> None:
+    async def _hand_over_qos0_leftovers(self, queue: deque[Incoming], handler: StagedBatchHandler) -> None:
         leftovers = deque(item for item in queue if item.qos == 0)
         queue.clear()
+        flow = self._flow = BatchFlow(handler, 1, self._received, None)
         while leftovers:
-            with contextlib.suppress(_HandlerFailed):
-                await self._handle(handler, _take(leftovers), None)
+            with contextlib.suppress(HandlerFailed):
+                await flow.hand_over(take(leftovers))
+                await flow.settle()
+            flow.pipe.abandon()
 
     # -- helpers ------------------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -286,14 +296,3 @@ class ClientIngress:
 def _code(rc: Any) -> int:
     """The numeric value of a paho reason code, granted QoS or CONNACK code."""
     return int(getattr(rc, "value", rc))
-
-
-def _take(queue: deque[_Incoming]) -> list[_Incoming]:
-    """The next batch: up to `_MAX_BATCH` messages and `_MAX_BATCH_BYTES` of payload (at least one)."""
-    batch = [queue.popleft()]
-    size = len(batch[0].payload)
-    while queue and len(batch) < _MAX_BATCH and size + len(queue[0].payload) <= _MAX_BATCH_BYTES:
-        item = queue.popleft()
-        size += len(item.payload)
-        batch.append(item)
-    return batch
