@@ -37,6 +37,15 @@ def telemetry(n: int, devices: int, prefix: str, base_ns: int | None = None) -> 
     return out
 
 
+def _acked(info: paho.MQTTMessageInfo) -> bool:
+    """PUBACK received; False for a publish paho refused because the connection had just dropped
+    (its `is_published()` raises then): it is sent again on the next connection."""
+    try:
+        return info.is_published()
+    except RuntimeError:
+        return False
+
+
 class ResilientPublisher(threading.Thread):
     """Publishes `messages` at `rate` per second with QoS 1 until every one is acknowledged or `timeout`."""
 
@@ -79,14 +88,14 @@ class ResilientPublisher(threading.Thread):
             if client is None or not client.is_connected():
                 if client is not None:
                     _close(client)
-                    unacked = sorted(i for i, info in sent.items() if not info.is_published())
-                    self.acked.update(i for i, info in sent.items() if info.is_published())
+                    unacked = sorted(i for i, info in sent.items() if not _acked(info))
+                    self.acked.update(i for i, info in sent.items() if _acked(info))
                     todo.extendleft(reversed(unacked))
                     sent.clear()
                 client = self._connect(deadline)
                 continue
             for i, info in list(sent.items()):
-                if info.is_published():
+                if _acked(info):
                     self.acked.add(i)
                     del sent[i]
             due = started + self.first_sent / self.rate
@@ -98,7 +107,7 @@ class ResilientPublisher(threading.Thread):
             else:
                 time.sleep(0.002)
         if client is not None:
-            self.acked.update(i for i, info in sent.items() if info.is_published())
+            self.acked.update(i for i, info in sent.items() if _acked(info))
             _close(client)
 
     def _connect(self, deadline: float) -> paho.Client | None:

@@ -38,8 +38,8 @@ RSS_BOUND_MIB = 300  # stated in the README ("Failure behaviour")
 
 def test_stalled_sink_rss_stays_bounded_while_the_disk_backlog_grows(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """The backlog grows on disk far beyond the subscription's in-memory window, RSS stays flat."""
-    n = 200_000
-    window = 10_000  # max_outstanding_messages: the in-memory window of the durable bus
+    n = 100_000
+    window = 5_000  # max_outstanding_messages: the in-memory window of the durable bus
     stalled = StalledServer()
     ingress = {"type": "client", "host": "127.0.0.1", "port": mosquitto.port, "client_id": "gw-chaos-stall"}
     config = chaos_config(tmp_path, ingress, influx(stalled.url))
