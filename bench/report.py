@@ -18,7 +18,7 @@ from bench.procs import RunResult
 from bench.workloads import Workload
 
 BASELINES = ("mosquitto_sub", "aiomqtt_count", "bridge", "amqtt_pubsub")
-MEMORY_TOLERANCE = 1.10  # "flat": the long run's peak RSS within +10 % of the short run's
+MEMORY_TOLERANCE = 1.20  # "flat" (issue 3): the long run's peak RSS within +20 % of the short run's
 GENERATOR_BOUND = 0.9  # the gateway within 10 % of what mosquitto_sub received: load-generator bound
 
 
