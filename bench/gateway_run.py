@@ -8,7 +8,6 @@ is returned with `ok=False`.
 from __future__ import annotations
 
 import contextlib
-import socket
 import sqlite3
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from bench.measure import MetricsSnapshot, ProcSample, histogram_quantile, proc_
 from bench.procs import Env, RunResult, Sim, device_prefix, run_timeout, vm_match, workdir_for
 from bench.workloads import MEASURE_FIELD, Workload, client_config, embedded_config
 from tests.gateway_proc import GatewayProcess
-from tests.servers import env_without_proxies, free_port
+from tests.servers import env_without_proxies, free_port, free_ports
 
 POLL_S = 0.1
 WARMUP_S = 3.0  # paced runs: latency also reported without the first seconds (new series in the store, start-up)
@@ -131,23 +130,6 @@ def _drive(
         note,
         *(steady or (None, None)),
     )
-
-
-def free_ports(n: int) -> int:
-    """A port p such that p .. p+n-1 are free now (the workers' admin ports)."""
-    while True:
-        p = free_port()
-        if p + n - 1 <= 65535 and all(_free(p + i) for i in range(1, n)):
-            return p
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _wait_ready(urls: list[str], timeout: float = 30) -> None:

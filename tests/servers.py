@@ -29,6 +29,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> int:
+    """A port p such that p .. p+n-1 are free now (e.g. the admin ports of `--workers n`)."""
+    while True:
+        p = free_port()
+        if p + n - 1 <= 65535 and all(_free(p + i) for i in range(1, n)):
+            return p
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

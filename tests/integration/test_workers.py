@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 
 from tests.gateway_proc import GatewayProcess, run_cli, write_config
 from tests.integration.test_end_to_end import good_payload, publish, wait_until
-from tests.servers import Mosquitto, free_port
+from tests.servers import Mosquitto, free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -37,23 +36,6 @@ def client_config(tmp_path: Path, port: int) -> tuple[Path, int]:
     data["admin"]["port"] = admin = free_ports(2)
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     return config, admin
-
-
-def free_ports(n: int) -> int:
-    """A port p such that p .. p+n-1 are free now."""
-    while True:
-        p = free_port()
-        if p + n - 1 <= 65535 and all(_free(p + i) for i in range(1, n)):
-            return p
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def admin_at(port: int) -> GatewayProcess:
