@@ -21,12 +21,24 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Sequence
+from itertools import accumulate
+from typing import Any, NamedTuple
 
-from gateway.bus._sqlite_segments import unpack
+from gateway.bus._sqlite_segments import StoredChunk, unpack_chunks
 from gateway.bus._sqlite_store import Store
 from gateway.bus.codec import CodecError, decode
 
-PagedRow = tuple[int, str | None, int, object]  # publish_ns, ordering key, size, data
+
+class PagedRun(NamedTuple):
+    """Messages read back for a page: `first_seq`, `first_seq + 1`, ... published at `publish_ns`."""
+
+    first_seq: int
+    publish_ns: int
+    keys: list[str | None]
+    sizes: list[int]
+    data: list[Any]
+
+
 _COMPACT = 1 << 16
 
 
@@ -82,10 +94,19 @@ class DiskBacklog:
     def take(self, max_n: int, max_bytes: int) -> list[int]:
         """Mark the next messages (at least one if any, then while within `max_n` messages and
         `max_bytes` bytes) as being paged in; return their sequence numbers."""
-        out: list[int] = []
-        nbytes = 0
         seqs, sizes, ns = self._seqs, self._sizes, self._ns
         k = self._head
+        if not self._dropped:  # the usual case, column-wise: `max_n` messages, fewer if `max_bytes` says so
+            stop = min(len(seqs), k + max_n)
+            sums = list(accumulate(sizes[k:stop]))  # sums[i]: bytes of the first i + 1
+            stop = min(stop, k + 1 + bisect.bisect_left(sums, max_bytes))
+            out = seqs[k:stop].tolist()
+            self.taken.update(zip(out, zip(sizes[k:stop], ns[k:stop], strict=True), strict=True))
+            self._head = stop
+            self._compact()
+            return out
+        out = []
+        nbytes = 0
         while k < len(seqs) and len(out) < max_n and (not out or nbytes < max_bytes):
             seq = seqs[k]
             if seq in self._dropped:
@@ -120,6 +141,12 @@ class DiskBacklog:
         self.bytes -= v[0]
         return True
 
+    def all_arrived(self) -> None:
+        """Every taken message reached the window (`arrived` for each, faster)."""
+        self.count -= len(self.taken)
+        self.bytes -= sum(v[0] for v in self.taken.values())
+        self.taken = {}
+
     def drop(self, seq: int) -> bool:
         """Settle `seq` if it is held here (listed or taken); False if it is not."""
         v = self.taken.pop(seq, None)
@@ -153,28 +180,57 @@ class DiskBacklog:
             self._head = 0
 
 
-def read_messages(store: Store, topic_id: int, seqs: list[int]) -> tuple[dict[int, PagedRow], list[int]]:
+def read_messages(store: Store, topic_id: int, seqs: list[int]) -> tuple[list[PagedRun], list[int]]:
     """In the writer thread: the stored messages `seqs` (ascending) of `topic_id`, decoded.
 
-    Returns (found, undecodable). A sequence number in neither was not found (deleted).
+    Returns (runs, undecodable): the messages found, in ascending runs of consecutive sequence
+    numbers with one publish time each. A sequence number in neither was not found (deleted).
     """
-    wanted = set(seqs)
-    found: dict[int, PagedRow] = {}
-    bad: list[int] = []
     lo, hi = seqs[0], seqs[-1]
+    wanted = None if len(seqs) == hi - lo + 1 else set(seqs)  # a page is mostly one unbroken range
+    runs: list[PagedRun] = []
+    bad: list[int] = []
     query = (
         "SELECT first_seq, data FROM segments WHERE topic_id = ? AND last_seq >= ? AND first_seq <= ? ORDER BY last_seq"
     )
     for first, data in store.conn.execute(query, (topic_id, lo, hi)):
         try:
-            for seq, ns, key, size, body in unpack(first, data):
-                if seq > hi:
+            for c in unpack_chunks(first, data):
+                if c.first_seq > hi:
                     break
-                if seq in wanted:
-                    try:
-                        found[seq] = (ns, key, size, decode(body))
-                    except CodecError:
-                        bad.append(seq)
+                i, j = max(lo - c.first_seq, 0), min(hi + 1 - c.first_seq, len(c.blobs))
+                if i < j:
+                    picked = range(i, j) if wanted is None else [k for k in range(i, j) if c.first_seq + k in wanted]
+                    _decode(c, picked, runs, bad)
         except CodecError:  # damaged framing: the rest of the segment is unreadable
             continue
-    return found, bad
+    return runs, bad
+
+
+def _decode(c: StoredChunk, picked: Sequence[int], runs: list[PagedRun], bad: list[int]) -> None:
+    """Append the messages `picked` (ascending indices) of `c` to `runs`, decoded; the
+    undecodable ones to `bad`."""
+    if isinstance(picked, range):
+        try:
+            data = list(map(decode, c.blobs[picked.start : picked.stop]))
+        except CodecError:
+            pass
+        else:
+            s = slice(picked.start, picked.stop)
+            runs.append(PagedRun(c.first_seq + picked.start, c.publish_ns, c.keys[s], c.sizes[s], data))
+            return
+    run: PagedRun | None = None
+    for k in picked:
+        seq = c.first_seq + k
+        try:
+            value = decode(c.blobs[k])
+        except CodecError:
+            bad.append(seq)
+            run = None
+            continue
+        if run is None or run.first_seq + len(run.data) != seq:
+            run = PagedRun(seq, c.publish_ns, [], [], [])
+            runs.append(run)
+        run.keys.append(c.keys[k])
+        run.sizes.append(c.sizes[k])
+        run.data.append(value)

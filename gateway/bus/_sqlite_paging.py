@@ -22,13 +22,13 @@ import asyncio
 import logging
 import time
 
-from gateway.bus._sqlite_backlog import PagedRow, read_messages
+from gateway.bus._sqlite_backlog import PagedRun, read_messages
 from gateway.bus._sqlite_bus import SQLiteBusCore
 from gateway.bus._sqlite_subscription import DurableSubscription
 from gateway.core.bus import BusClosed
 
 log = logging.getLogger("gateway.bus.sqlite")
-ReadResult = tuple[dict[int, PagedRow], list[int]]
+ReadResult = tuple[list[PagedRun], list[int]]
 
 
 class SQLiteBusPaging(SQLiteBusCore):
@@ -61,8 +61,8 @@ class SQLiteBusPaging(SQLiteBusCore):
                 log.error("subscription %r: reading its backlog from disk failed: %s", sub.name, exc)
             sub.disk.untake()  # read again at the next chance (an ack, a pull)
             return
-        found, bad = fut.result()
-        lost = sub.paged_in(seqs, found)
+        runs, bad = fut.result()
+        lost = sub.paged_in(seqs, runs)
         if lost:
             bad_set = set(bad)
             log.error(

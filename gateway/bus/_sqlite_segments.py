@@ -26,6 +26,8 @@ import sys
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from typing import Any, NamedTuple
 
 from gateway.bus.codec import CodecError
 
@@ -43,6 +45,16 @@ class Chunk:
     publish_ns: int
     sizes: list[int]
     keys: list[str | None]
+    blobs: list[bytes]
+
+
+class StoredChunk(NamedTuple):
+    """A chunk read back: messages `first_seq`, `first_seq + 1`, ... published at `publish_ns`."""
+
+    first_seq: int
+    publish_ns: int
+    keys: list[str | None]
+    sizes: list[int]
     blobs: list[bytes]
 
 
@@ -97,6 +109,16 @@ def unpack(first_seq: int, data: bytes) -> Iterator[tuple[int, int, str | None, 
 
     Raises CodecError where the layout does not fit the stored bytes (a damaged segment).
     """
+    for c in unpack_chunks(first_seq, data):
+        yield from zip(range(c.first_seq, c.first_seq + len(c.blobs)), repeat(c.publish_ns), c.keys, c.sizes, c.blobs)
+
+
+def unpack_chunks(first_seq: int, data: bytes) -> Iterator[StoredChunk]:
+    """The chunks of a segment, in order, each unpacked column-wise (the fast way to read a page).
+
+    Raises CodecError where the layout does not fit the stored bytes (a damaged segment);
+    the chunks before the damage have been yielded by then.
+    """
     view = memoryview(data)
     pos = 0
     end = len(data)
@@ -116,24 +138,30 @@ def unpack(first_seq: int, data: bytes) -> Iterator[tuple[int, int, str | None, 
             columns.append(column)
             pos += 4 * n
         sizes, key_lens, data_lens = columns
-        if pos + keys_len + data_len > end or sum(k for k in key_lens if k > 0) != keys_len:
+        bad_keys = min(key_lens, default=0) < -1 or sum(key_lens) + key_lens.count(-1) != keys_len  # -1: no key
+        if pos + keys_len + data_len > end or bad_keys:
             raise CodecError("chunk lengths do not match a stored segment")
         if sum(data_lens) != data_len:
             raise CodecError("chunk data lengths do not match a stored segment")
+        raw_keys = bytes(view[pos : pos + keys_len])
         try:
-            keys = bytes(view[pos : pos + keys_len]).decode()
+            if raw_keys.isascii():  # lengths are in bytes: slice the text directly only when it is ASCII
+                keys = _split(raw_keys.decode(), key_lens)
+            else:
+                keys = [None if k is None else k.decode() for k in _split(raw_keys, key_lens)]
         except UnicodeDecodeError as exc:
             raise CodecError(f"invalid ordering keys in a stored segment: {exc}") from None
-        kpos = 0
-        dpos = pos + keys_len
-        encoded = keys.encode() if not keys.isascii() else None
-        for k in range(n):
-            klen = key_lens[k]
-            key: str | None = None
-            if klen >= 0:  # lengths are in bytes: slice the text directly only when it is ASCII
-                key = keys[kpos : kpos + klen] if encoded is None else encoded[kpos : kpos + klen].decode()
-                kpos += klen
-            dlen = data_lens[k]
-            yield first_seq + delta + k, ns, key, sizes[k], bytes(view[dpos : dpos + dlen])
-            dpos += dlen
-        pos += keys_len + data_len
+        pos += keys_len
+        blobs = _split(bytes(view[pos : pos + data_len]), data_lens)
+        pos += data_len
+        yield StoredChunk(first_seq + delta, ns, keys, sizes.tolist(), blobs)
+
+
+def _split(whole: Any, lengths: array[int]) -> list[Any]:
+    """`whole` cut into consecutive pieces of `lengths` (-1: None, taking nothing)."""
+    if min(lengths, default=0) >= 0:
+        ends = list(accumulate(lengths))
+        return list(map(whole.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+    ends = list(accumulate(max(0, k) for k in lengths))
+    pieces = map(whole.__getitem__, map(slice, [0, *ends[:-1]], ends))
+    return [None if k < 0 else p for k, p in zip(lengths, pieces, strict=True)]

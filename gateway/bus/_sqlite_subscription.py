@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.bus._queue import DeliveryQueue, Exhausted, Held
-from gateway.bus._sqlite_backlog import DiskBacklog, PagedRow
+from gateway.bus._sqlite_backlog import DiskBacklog, PagedRun
 from gateway.bus._sqlite_store import StoredRows
 from gateway.bus._subscription import DeadlineQueue, Subscription
 from gateway.core.bus import OutgoingMessage, SubscriptionConfig, SubscriptionStats
@@ -122,11 +122,32 @@ class DurableSubscription(Subscription):
             on_held(seqs[k], rows.stored[k])
         self.disk.append([seqs[k] for k in keep], [rows.sizes[k] for k in keep], [rows.ns[k] for k in keep])
 
-    def paged_in(self, seqs: Sequence[int], found: dict[int, PagedRow]) -> list[int]:
-        """Move the taken messages `seqs` (ascending) that arrived into the window, with the
-        attempt counts recorded before a restart (`restored_retries`, `restored_hw`); those
-        whose recorded attempts reached `max_delivery_attempts` go to `exhausted_at_restore`.
-        Returns the sequence numbers that were taken but not found (lost)."""
+    def paged_in(self, seqs: Sequence[int], runs: list[PagedRun]) -> list[int]:
+        """Move the taken messages `seqs` (ascending) that arrived (`runs`, from `read_messages`)
+        into the window, with the attempt counts recorded before a restart (`restored_retries`,
+        `restored_hw`); those whose recorded attempts reached `max_delivery_attempts` go to
+        `exhausted_at_restore`. Returns the sequence numbers that were taken but not found (lost)."""
+        disk = self.disk
+        if (
+            not self.restored_retries
+            and self.restored_hw < seqs[0]
+            and len(disk.taken) == len(seqs)  # none dropped while they were read
+            and sum(len(r.data) for r in runs) == len(seqs)  # none lost
+        ):
+            disk.all_arrived()
+            for r in runs:
+                self._seq = r.first_seq
+                self.add_columns(r.data, r.sizes, r.keys, sum(r.sizes), r.publish_ns)
+                self._order.extend(range(r.first_seq, r.first_seq + len(r.data)))
+            return []
+        return self._paged_in_one_by_one(seqs, runs)
+
+    def _paged_in_one_by_one(self, seqs: Sequence[int], runs: list[PagedRun]) -> list[int]:
+        found = {
+            r.first_seq + k: (r.publish_ns, key, size, data)
+            for r in runs
+            for k, (key, size, data) in enumerate(zip(r.keys, r.sizes, r.data, strict=True))
+        }
         limit = self.config.max_delivery_attempts
         retries = self.restored_retries
         hw = self.restored_hw

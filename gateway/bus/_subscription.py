@@ -21,14 +21,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import operator
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.bus._queue import DeliveryQueue, Exhausted, Held
 from gateway.core.backoff import backoff_delay
 from gateway.core.bus import OutgoingMessage, ReceivedMessage, SubscriptionConfig, SubscriptionStats
 
 _COMPACT_SLACK = 4096
+_DATA = operator.attrgetter("data")
+_SIZE = operator.attrgetter("size")
+_KEY = operator.attrgetter("ordering_key")
 
 
 class DeadlineQueue:
@@ -106,22 +111,28 @@ class Subscription:
 
     def add(self, messages: Sequence[OutgoingMessage], start: int, stop: int, nbytes: int, publish_ns: int) -> None:
         """Hold `messages[start:stop]` (whose sizes sum to `nbytes`), ignoring the limits."""
+        part = messages[start:stop]
+        self.add_columns(list(map(_DATA, part)), list(map(_SIZE, part)), list(map(_KEY, part)), nbytes, publish_ns)
+
+    def add_columns(
+        self, data: list[Any], sizes: list[int], keys: list[str | None], nbytes: int, publish_ns: int
+    ) -> None:
+        """`add` for messages given column-wise (`sizes` summing to `nbytes`), ignoring the limits."""
         held = self.held
         ready = self.queue.ready
         add_keyed = self.queue.add_keyed
         seq = self._seq
         ordering = self.ordering
-        for k in range(start, stop):
-            o = messages[k]
-            m = Held(seq, o.data, o.size, o.ordering_key, publish_ns)
+        for d, size, key in zip(data, sizes, keys, strict=True):
+            m = Held(seq, d, size, key, publish_ns)
             held[seq] = m
             seq += 1
-            if ordering and o.ordering_key is not None:
-                add_keyed(m, o.ordering_key)
+            if ordering and key is not None:
+                add_keyed(m, key)
             else:
                 ready.append(m)
+        self.count += seq - self._seq
         self._seq = seq
-        self.count += stop - start
         self.bytes += nbytes
         self.avail.set()
 
