@@ -99,6 +99,8 @@ class SQLiteBusPublishing(SQLiteBusPaging):
         disk_room = self._max_bytes - self._ledger.unacked_bytes
         if disk_room <= 0:
             return start, 0, self._disk_space
+        if RECORD_OVERHEAD * (n - start) + sum(map(len, blobs[start:])) < disk_room:  # the usual case: all fit
+            return n, sum(map(_SIZE, messages[start:])), None
         nbytes = 0
         dbytes = 0
         k = start
