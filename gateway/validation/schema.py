@@ -9,6 +9,11 @@ Guarantees of `CompiledSchema.check`: it returns only values of the declared typ
 as `float` even when the JSON had an integer, finite, within min/max; ints within the
 signed 64-bit range), or raises `ElementError` with a reject code and a reason that names
 the field. The device id and timestamp keys are left to the caller.
+
+For the decoder's fast path (`gateway.validation.fastpath`) a schema also carries
+`validate_values`: the same annotations over the value (non-tag) fields alone, unknown keys
+ignored, whose result is exactly the `fields` dict that `check` returns for an element
+`check` accepts (same keys, values and order); it raises `ValidationError` on what it refuses.
 """
 
 from __future__ import annotations
@@ -124,15 +129,26 @@ class CompiledSchema:
         self.timestamp_field = config.timestamp_field
         self.value_fields = frozenset(n for n, s in config.fields.items() if not s.tag)
         self.tag_fields = frozenset(n for n, s in config.fields.items() if s.tag)
+        self.tag_names = tuple(n for n, s in config.fields.items() if s.tag)
+        self.required_tags = frozenset(n for n, s in config.fields.items() if s.tag and s.required)
+        self.rejects_unknown = config.unknown_fields == "reject"
+        self.known_keys = frozenset((*config.fields, config.device_id_field, config.timestamp_field))
         keys: dict[str, Any] = {}
         for field_name, spec in config.fields.items():
             wrapper = Required if spec.required else NotRequired
             keys[field_name] = wrapper[_annotation(field_name, spec)]
+        values = {k: v for k, v in keys.items() if k in self.value_fields}
         keys[config.device_id_field] = NotRequired[Any]
         keys[config.timestamp_field] = NotRequired[Any]
         shape = _make_typed_dict(f"Schema_{name}", keys, total=False)
-        shape.__pydantic_config__ = ConfigDict(extra="forbid" if config.unknown_fields == "reject" else "ignore")
+        shape.__pydantic_config__ = ConfigDict(extra="forbid" if self.rejects_unknown else "ignore")
         self._validate: Callable[[object], Any] = TypeAdapter(shape).validate_python
+        value_shape = _make_typed_dict(f"Values_{name}", values, total=False)
+        value_shape.__pydantic_config__ = ConfigDict(extra="ignore")
+        # The core validator itself: skipping TypeAdapter's Python wrapper saves a call per element.
+        self.validate_values: Callable[[object], dict[str, FieldValue]] = TypeAdapter(
+            value_shape
+        ).validator.validate_python
 
     def check(self, element: dict[str, Any]) -> tuple[dict[str, FieldValue], dict[str, str]]:
         """The element's (fields, tag-field values); raises `ElementError` if it is invalid."""

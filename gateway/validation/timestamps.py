@@ -32,13 +32,26 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.validation.schema import json_kind
 
+# Where integer epoch times change unit (see the table above): from MS_FROM on they are
+# milliseconds, from US_FROM on microseconds, from NS_FROM on nanoseconds.
+MS_FROM = 10**11
+US_FROM = 10**14
+NS_FROM = 10**17
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FRACTION = re.compile(r"[.,](\d+)")
 _MAX_TEXT = 64
+_isfinite = math.isfinite
 
 
 def parse_timestamp(value: object) -> int:
     """Epoch nanoseconds for a payload timestamp; ValueError with the reason otherwise."""
+    # Exact JSON types first (the common case, one test each); subclasses take the general way.
+    if type(value) is int:
+        return _from_int(value)
+    if type(value) is float and _isfinite(value):
+        return _from_float(value)
+    if type(value) is str:
+        return _from_text(value)
     if isinstance(value, bool) or value is None:
         raise ValueError(f"expected an epoch number or an RFC 3339 string, got {json_kind(value)}")
     if isinstance(value, int):
@@ -54,11 +67,11 @@ def parse_timestamp(value: object) -> int:
 
 def _from_int(value: int) -> int:
     magnitude = abs(value)
-    if magnitude < 10**11:
+    if magnitude < MS_FROM:
         return value * 1_000_000_000
-    if magnitude < 10**14:
+    if magnitude < US_FROM:
         return value * 1_000_000
-    if magnitude < 10**17:
+    if magnitude < NS_FROM:
         return value * 1_000
     return value
 
