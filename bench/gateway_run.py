@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.measure import MetricsSnapshot, ProcSample, histogram_quantile, proc_sample
@@ -23,9 +24,17 @@ POLL_S = 0.1
 WARMUP_S = 3.0  # paced runs: latency also reported without the first seconds (new series in the store, start-up)
 
 
-def run_gateway(env: Env, w: Workload, embedded: bool, system: str = "gateway", workers: int = 1) -> RunResult:
+def run_gateway(
+    env: Env,
+    w: Workload,
+    embedded: bool,
+    system: str = "gateway",
+    workers: int = 1,
+    edit_config: Callable[[Path], None] | None = None,
+) -> RunResult:
     """`gateway run` (client mode → VictoriaMetrics, or embedded mode → SQLite) on the shipped config;
-    `workers` > 1: `gateway run --workers N` (client mode), observed through the N admin ports."""
+    `workers` > 1: `gateway run --workers N` (client mode), observed through the N admin ports.
+    `edit_config(path)`, if given, changes the run's config file before the gateway starts."""
     wd = workdir_for(env, system, w)
     prefix = device_prefix(system, w)
     admin = free_ports(workers)
@@ -35,6 +44,8 @@ def run_gateway(env: Env, w: Workload, embedded: bool, system: str = "gateway", 
     else:
         mqtt_port = env.mosquitto.port
         config = client_config(wd, mqtt_port, env.victoria.url, f"bench-{prefix}{time.time_ns()}", admin)
+    if edit_config is not None:
+        edit_config(config)
     gw = GatewayProcess(config, env=env_without_proxies(), args=("--workers", str(workers)) if workers > 1 else ())
     gw.start(wait_ready=workers == 1)
     try:
