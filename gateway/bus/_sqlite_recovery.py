@@ -63,7 +63,8 @@ class RecoveryReport:
     """What `SQLiteBus.open` found. `lost` is empty unless something could not be recovered.
 
     `messages_recovered` counts the stored messages carried over (all of them for a healthy
-    file; the rows read back from the damaged copy otherwise).
+    file; the rows read back from the damaged copy otherwise), less those whose data could
+    not be decoded (named, as sequence number ranges, in `lost`).
     """
 
     path: Path

@@ -88,7 +88,7 @@ class Loaded:
     rows: dict[int, StoredRows]  # by topic id: the messages some subscription holds
     next_seq: int
     positions_lost: bool
-    undecodable: list[str]  # sequence number ranges of stored messages that could not be decoded
+    undecodable: list[tuple[int, int]]  # (first, last) sequence numbers of stored messages that could not be decoded
 
 
 class Store:
@@ -132,7 +132,7 @@ class Store:
         floors = [s.floor for s in subs.values()]
         next_seq = max(int(meta.get("next_seq") or 1), max_seq + 1, *floors)
         rows: dict[int, StoredRows] = {}
-        undecodable: list[str] = []
+        undecodable: list[tuple[int, int]] = []
         if floors or positions_lost:
             wanted: dict[int, list[StoredSub]] = {}
             for s in subs.values():
@@ -157,11 +157,11 @@ class Store:
                         try:
                             decode(body)  # checked now so that what is lost is reported at open
                         except CodecError:
-                            undecodable.append(str(seq))
+                            _add_range(undecodable, seq, seq)
                         else:
                             out.add(seq, stored_size(body), size, ns)
                 except CodecError:  # the segment's framing is damaged: the rest of it is unreadable
-                    undecodable.append(f"{seen + 1}..{last}")
+                    _add_range(undecodable, seen + 1, last)
         for tid, out in rows.items():
             if any(a > b for a, b in zip(out.seqs, out.seqs[1:], strict=False)):  # segments of one topic do not overlap
                 order = sorted(range(len(out.seqs)), key=out.seqs.__getitem__)
@@ -282,3 +282,11 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _add_range(ranges: list[tuple[int, int]], first: int, last: int) -> None:
+    """Append `first..last` to ascending `ranges`, joining it to the last one where they touch."""
+    if ranges and ranges[-1][1] + 1 >= first:
+        ranges[-1] = (ranges[-1][0], max(last, ranges[-1][1]))
+    else:
+        ranges.append((first, last))

@@ -163,15 +163,17 @@ class SQLiteBus(SQLiteBusSeeking):
         if self._opened:
             raise RuntimeError("SQLiteBus.open() was already called")
         loaded, report = await self._writer.start()
-        if loaded.undecodable:
-            seqs = loaded.undecodable
-            shown = ", ".join(seqs[:10]) + (" ..." if len(seqs) > 10 else "")
-            line = f"stored messages that could not be decoded are lost (sequence numbers {shown})"
+        undecodable = sum(last - first + 1 for first, last in loaded.undecodable)
+        if undecodable:
+            ranges = [f"{a}..{b}" if b > a else str(a) for a, b in loaded.undecodable]
+            shown = ", ".join(ranges[:50]) + (f" and {len(ranges) - 50} more ranges" if len(ranges) > 50 else "")
+            line = f"{undecodable} stored message(s) could not be decoded and are lost (sequence numbers {shown})"
             log.error("bus database recovery: %s", line)
             report = dataclasses.replace(report, lost=(*report.lost, line))
         store = self._writer.store
         if not report.corrupt and store is not None:
             report = dataclasses.replace(report, messages_recovered=store.stored_messages)
+        report = dataclasses.replace(report, messages_recovered=max(0, report.messages_recovered - undecodable))
         self.recovery_report = report
         self._load(loaded)
         log.info(

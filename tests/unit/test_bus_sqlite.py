@@ -461,7 +461,8 @@ async def test_undecodable_stored_data_is_reported_and_the_rest_delivered(tmp_pa
     bus = await opened(tmp_path, sub("ud", "t"))
     report = bus.recovery_report
     assert report is not None and not report.corrupt
-    assert report.lost == ("stored messages that could not be decoded are lost (sequence numbers 1..2)",)
+    assert report.lost == ("2 stored message(s) could not be decoded and are lost (sequence numbers 1..2)",)
+    assert report.messages_recovered == 1
     assert [m.data for m in await drain(bus, "ud")] == ["c"]
     await bus.close()
 
