@@ -135,10 +135,7 @@ class DurableSubscription(Subscription):
             and sum(len(r.data) for r in runs) == len(seqs)  # none lost
         ):
             disk.all_arrived()
-            for r in runs:
-                self._seq = r.first_seq
-                self.add_columns(r.data, r.sizes, r.keys, sum(r.sizes), r.publish_ns)
-                self._order.extend(range(r.first_seq, r.first_seq + len(r.data)))
+            self._add_runs(runs)
             return []
         return self._paged_in_one_by_one(seqs, runs)
 
@@ -152,8 +149,8 @@ class DurableSubscription(Subscription):
         retries = self.restored_retries
         hw = self.restored_hw
         lost: list[int] = []
-        run: list[OutgoingMessage] = []
-        run_first = run_ns = run_bytes = 0
+        kept: list[PagedRun] = []
+        run: PagedRun | None = None
         attempts: list[tuple[int, int]] = []
         for seq in seqs:
             if not self.disk.arrived(seq):
@@ -170,27 +167,27 @@ class DurableSubscription(Subscription):
                 self.exhausted_at_restore.append((m, "delivery interrupted by a restart"))
                 self.dead_lettered += 1
                 continue
-            if run and (seq != run_first + len(run) or ns != run_ns):
-                self._add_run(run_first, run, run_bytes, run_ns)
-                run = []
-            if not run:
-                run_first, run_ns, run_bytes = seq, ns, 0
-            run.append(OutgoingMessage(data, size, key))
-            run_bytes += size
+            if run is None or seq != run.first_seq + len(run.data) or ns != run.publish_ns:
+                run = PagedRun(seq, ns, [], [], [])
+                kept.append(run)
+            run.keys.append(key)
+            run.sizes.append(size)
+            run.data.append(data)
             attempt = recorded if recorded is not None else (1 if seq <= hw else 0)
             if attempt:
                 attempts.append((seq, attempt))
-        if run:
-            self._add_run(run_first, run, run_bytes, run_ns)
+        self._add_runs(kept)
         held = self.held
         for seq, attempt in attempts:
             held[seq].attempt = attempt
         return lost
 
-    def _add_run(self, first_seq: int, run: list[OutgoingMessage], nbytes: int, publish_ns: int) -> None:
-        self._seq = first_seq
-        self.add(run, 0, len(run), nbytes, publish_ns)
-        self._order.extend(range(first_seq, first_seq + len(run)))
+    def _add_runs(self, runs: list[PagedRun]) -> None:
+        """Hold each run (ascending, above everything in the window) in the window."""
+        for r in runs:
+            self._seq = r.first_seq
+            self.add_columns(r.data, r.sizes, r.keys, sum(r.sizes), r.publish_ns)
+            self._order.extend(range(r.first_seq, r.first_seq + len(r.data)))
 
     def page_room(self) -> tuple[int, int] | None:
         """How much to page in now (messages, bytes), or None: only when something is on disk,
