@@ -1,14 +1,20 @@
 """The embedded default store: readings in one SQLite table (WAL mode), and queries on it.
 
-One row per reading field:
+One row per reading (a point):
 
-    readings(measurement, tags, field, time_ns, device_id, kind, value)
-    PRIMARY KEY (measurement, tags, field, time_ns)  -- WITHOUT ROWID
+    points(measurement, tags, time_ns, device_id, fields)
+    PRIMARY KEY (measurement, tags, time_ns)  -- WITHOUT ROWID
 
-`tags` is canonical JSON (keys sorted), so the key is the reading's identity plus the field:
-a retried or replayed batch replaces its rows instead of duplicating them
-(`INSERT OR REPLACE`). `kind` is `f`/`i`/`b`/`s` (float, integer, bool stored as 0/1, text)
-so values read back with their type. Indexes: (device_id, time_ns) and (time_ns).
+`tags` is canonical JSON (keys sorted), so the key is the reading's identity; `fields` is a
+JSON object. Writing a point whose identity is already stored merges its fields into the
+stored ones (a field written again takes the new value, others stay), as InfluxDB does: a
+retried or replayed batch rewrites the same rows instead of duplicating them. Indexes:
+(device_id, time_ns) and (time_ns). The view `readings` shows one row per field, as
+(measurement, tags, field, time_ns, device_id, kind, value), `kind` being `f`/`i`/`b`/`s`
+(float, integer, bool as 0/1, text), so values read back with their type.
+
+A file written by earlier releases (a `readings` table with one row per field) is converted
+to this layout when it is opened, in one transaction.
 
 Guarantees of `SQLiteStoreSink.write`: one transaction per batch, committed before it
 returns `accepted` (with `synchronous: full`, durable against power loss; `normal` survives
@@ -42,31 +48,47 @@ from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase, resolve_data_path
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
+CREATE TABLE IF NOT EXISTS points (
     measurement TEXT NOT NULL,
     tags TEXT NOT NULL,
-    field TEXT NOT NULL,
     time_ns INTEGER NOT NULL,
     device_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    value NOT NULL,
-    PRIMARY KEY (measurement, tags, field, time_ns)
+    fields TEXT NOT NULL,
+    PRIMARY KEY (measurement, tags, time_ns)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readings_by_device_time ON readings (device_id, time_ns);
-CREATE INDEX IF NOT EXISTS readings_by_time ON readings (time_ns);
+CREATE INDEX IF NOT EXISTS points_by_device_time ON points (device_id, time_ns);
+CREATE INDEX IF NOT EXISTS points_by_time ON points (time_ns);
+"""
+_VIEW = """
+CREATE VIEW IF NOT EXISTS readings AS
+SELECT p.measurement AS measurement, p.tags AS tags, f.key AS field, p.time_ns AS time_ns,
+       p.device_id AS device_id,
+       CASE f.type WHEN 'real' THEN 'f' WHEN 'integer' THEN 'i' WHEN 'text' THEN 's' ELSE 'b' END AS kind,
+       f.value AS value
+FROM points AS p, json_each(p.fields) AS f;
+"""
+# A store written by earlier releases: one row per field, converted to points at open.
+_CONVERT_FIELD_ROWS = """
+INSERT INTO points (measurement, tags, time_ns, device_id, fields)
+SELECT measurement, tags, time_ns, max(device_id), json_group_object(field,
+       CASE kind WHEN 'b' THEN json(CASE WHEN value THEN 'true' ELSE 'false' END)
+                 WHEN 'f' THEN CAST(value AS REAL) ELSE value END)
+FROM readings GROUP BY measurement, tags, time_ns
 """
 # The whole batch is one statement over one JSON parameter: the sqlite3 module releases and
 # retakes the GIL at every step of a statement, so `executemany` (one step per row) crawls
 # while any other thread of the gateway is busy (each retake may wait out the 5 ms switch
-# interval); a single step releases it once per batch.
+# interval); a single step releases it once per batch. "WHERE true" lets SQLite parse the
+# upsert clause after a SELECT.
 _INSERT = (
-    "INSERT OR REPLACE INTO readings SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(7))
-    + " FROM json_each(?)"
+    "INSERT INTO points SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(5))
+    + " FROM json_each(?) WHERE true ON CONFLICT (measurement, tags, time_ns) DO UPDATE SET"
+    " fields = json_patch(fields, excluded.fields), device_id = excluded.device_id"
 )
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-Row = tuple[str, str, str, int, str, str, FieldValue]
+Point = tuple[str, str, int, str, dict[str, FieldValue]]
 
 
 class SQLiteStoreConfig(SinkConfigBase):
@@ -83,8 +105,8 @@ class SQLiteStoreConfig(SinkConfigBase):
     )
 
 
-def _rows(item: object) -> list[Row]:
-    """The rows of one reading; raises ValueError/TypeError naming what cannot be stored."""
+def _point(item: object) -> Point:
+    """The stored form of one reading; raises ValueError/TypeError naming what cannot be stored."""
     if not isinstance(item, Reading):
         raise TypeError(f"not a Reading but a {type(item).__name__}")
     if not isinstance(item.measurement, str) or not item.measurement:
@@ -101,14 +123,13 @@ def _rows(item: object) -> list[Row]:
     if not item.fields:
         raise ValueError(f"reading of measurement {item.measurement!r} has no fields")
     tags = orjson.dumps(item.tags, option=orjson.OPT_SORT_KEYS).decode()
-    rows: list[Row] = []
+    fields: dict[str, FieldValue] = {}
     for name, value in item.fields.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"field name {name!r} is not a non-empty string")
         _check_utf8(name, "field name")
-        kind, stored = _encode_value(name, value)
-        rows.append((item.measurement, tags, name, item.time_ns, item.device_id, kind, stored))
-    return rows
+        fields[name] = _checked_value(name, value)
+    return (item.measurement, tags, item.time_ns, item.device_id, fields)
 
 
 def _check_utf8(text: str, what: str) -> None:
@@ -118,20 +139,21 @@ def _check_utf8(text: str, what: str) -> None:
         raise ValueError(f"{what} {text!r} is not valid UTF-8 text") from None
 
 
-def _encode_value(name: str, value: object) -> tuple[str, FieldValue]:
+def _checked_value(name: str, value: object) -> FieldValue:
+    """`value` as stored (JSON keeps bool, int, float and text apart); raises ValueError."""
     if isinstance(value, bool):
-        return "b", int(value)
+        return bool(value)
     if isinstance(value, int):
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"field {name!r} = {value} does not fit in a 64-bit integer")
-        return "i", int(value)
+        return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"field {name!r} is {value!r}; NaN and infinity cannot be stored")
-        return "f", float(value)
+        return float(value)
     if isinstance(value, str):
         _check_utf8(value, f"value of field {name!r}")
-        return "s", str(value)
+        return str(value)
     raise ValueError(f"field {name!r} has a value of type {type(value).__name__}; expected float, int, bool or str")
 
 
@@ -177,7 +199,7 @@ class SQLiteStoreSink(BlockingSink):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
-            conn.executescript(_SCHEMA)
+            _create_schema(conn)
         except BaseException:
             conn.close()
             raise
@@ -185,12 +207,12 @@ class SQLiteStoreSink(BlockingSink):
         return conn
 
     def _write_sync(self, items: list[Any]) -> WriteResult:
-        rows: list[Row] = []
+        rows: list[Point] = []
         good: list[int] = []
         rejected: dict[int, str] = {}
         for i, item in enumerate(items):
             try:
-                rows.extend(_rows(item))
+                rows.append(_point(item))
             except (ValueError, TypeError) as exc:
                 rejected[i] = f"sqlite store cannot store this reading: {exc}"
             else:
@@ -213,6 +235,25 @@ class SQLiteStoreSink(BlockingSink):
             return WriteResult(retry=good, rejected=rejected, reason=f"sqlite {self.path}: {exc}")
         self._healthy = True
         return WriteResult(accepted=good, rejected=rejected)
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    """Create what is missing; convert a store of one row per field (earlier releases)."""
+    found = conn.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if found is not None and found[0] == "table":
+            conn.execute(_CONVERT_FIELD_ROWS)
+            conn.execute("DROP TABLE readings")
+        conn.execute(_VIEW)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def query_readings(

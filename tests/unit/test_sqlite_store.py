@@ -80,6 +80,59 @@ async def test_rewriting_a_batch_replaces_rows(tmp_path: Path) -> None:
     assert [r["value"] for r in rows] == [9.0, 1.0, 2.0, 3.0, 4.0]
 
 
+async def test_a_point_written_again_merges_its_fields(tmp_path: Path) -> None:
+    sink = await open_sink(tmp_path)
+    first = reading(a=1.0, b=2, c="x")
+    later = reading(b=3, d=True)  # same identity: b is overwritten, a and c stay, d is added
+    assert (await sink.write([first])).accepted == [0]
+    assert (await sink.write([later, later])).accepted == [0, 1]
+    await sink.close()
+    rows = query_readings(sink.path, None, None, None, None)
+    assert {r["field"]: r["value"] for r in rows} == {"a": 1.0, "b": 3, "c": "x", "d": True}
+    with sqlite3.connect(sink.path) as conn:
+        assert conn.execute("SELECT count(*) FROM points").fetchone() == (1,)
+
+
+async def test_a_store_of_one_row_per_field_is_converted_at_open(tmp_path: Path) -> None:
+    old = tmp_path / "readings.db"
+    with sqlite3.connect(old) as conn:  # the layout of earlier releases
+        conn.executescript(
+            """
+            CREATE TABLE readings (measurement TEXT NOT NULL, tags TEXT NOT NULL, field TEXT NOT NULL,
+                time_ns INTEGER NOT NULL, device_id TEXT NOT NULL, kind TEXT NOT NULL, value NOT NULL,
+                PRIMARY KEY (measurement, tags, field, time_ns)) WITHOUT ROWID;
+            CREATE INDEX readings_by_time ON readings (time_ns);
+            """
+        )
+        tags = '{"device_id":"d1","site":"s1"}'
+        conn.executemany(
+            "INSERT INTO readings VALUES ('env', ?, ?, ?, 'd1', ?, ?)",
+            [
+                (tags, "f", NOW, "f", 2.0),
+                (tags, "i", NOW, "i", 7),
+                (tags, "b", NOW, "b", 0),
+                (tags, "s", NOW, "s", "on"),
+                (tags, "f", NOW + 1, "f", 1.5),
+            ],
+        )
+    sink = await open_sink(tmp_path)
+    assert (await sink.write([reading(t=NOW + 1, g=9)])).accepted == [0]
+    await sink.close()
+    rows = query_readings(old, "d1", None, None, None)
+    assert [(r["time_ns"] - NOW, r["field"], r["value"]) for r in rows] == [
+        (0, "b", False),
+        (0, "f", 2.0),
+        (0, "i", 7),
+        (0, "s", "on"),
+        (1, "f", 1.5),
+        (1, "g", 9),
+    ]
+    assert [type(r["value"]) for r in rows] == [bool, float, int, str, float, int]
+    with sqlite3.connect(old) as conn:
+        kinds = dict(conn.execute("SELECT type, count(*) FROM sqlite_master WHERE name = 'readings'").fetchall())
+        assert kinds == {"view": 1}
+
+
 async def test_unstorable_readings_are_rejected_alone(tmp_path: Path) -> None:
     sink = await open_sink(tmp_path)
     batch: list[object] = [
