@@ -84,8 +84,8 @@ class GatewayBroker(SecureBroker):
 
         async def gated_fire_event(event_name: Any, *, wait: bool = False, **kwargs: Any) -> None:
             # The reader loop awaits this after reading each packet: blocking here stops reading.
-            if event_name == MQTTEvents.PACKET_RECEIVED:
-                await self._admit(kwargs.get("session"), kwargs.get("packet"))
+            if event_name == MQTTEvents.PACKET_RECEIVED and isinstance(kwargs.get("packet"), PublishPacket):
+                await self._admit(kwargs.get("session"))
             await fire_event(event_name, wait=wait, **kwargs)
 
         self.plugins_manager.fire_event = gated_fire_event
@@ -101,10 +101,15 @@ class GatewayBroker(SecureBroker):
             s.delivered_message_queue.qsize() for s, _ in self._sessions.values() if s.transitions.state == "connected"
         )
 
-    async def _admit(self, session: Any, packet: Any) -> None:
-        """Runs in a connection's reader after it read a packet, before amqtt handles it."""
-        if not isinstance(packet, PublishPacket):
-            return
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[Any, Any]:
+        handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        handler.gate = self._admit  # the fast read loop's gate (gateway.ingress.amqtt_reader)
+        return handler, session
+
+    async def _admit(self, session: Any) -> None:
+        """Runs in a connection's reader after it read a publish, before it is queued."""
         if self._intake.closing:
             await self._never.wait()  # until the broker's shutdown cancels this reader
         queue = session.delivered_message_queue
@@ -178,6 +183,6 @@ class GatewayBroker(SecureBroker):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=client_id, message=message)
             if self._subscriptions:  # nobody subscribed: skip amqtt's per-message broadcast task
                 await self._broadcast_message(client_session, message.topic, message.data)
-            if message.publish_packet and message.publish_packet.retain_flag:
+            if message.retain:
                 await self.retain_message(client_session, message.topic, message.data, message.qos)
         return keep_open
