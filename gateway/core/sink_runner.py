@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from gateway.core.backoff import Backoff
 from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
 from gateway.core.message import Reading, dead_letter_for
-from gateway.core.metrics import Metrics
+from gateway.core.metrics import Metrics, observe_many
 from gateway.core.rate_limit import TokenBucket
 from gateway.core.runner_config import RunnerConfig
 from gateway.core.sink import Sink, WriteResult
@@ -305,10 +305,12 @@ class SinkRunner:
             self._held_ns.pop(i, None)
         self._written.inc(len(msgs))
         now = time.time_ns()
+        latencies = []
         for m in msgs:
             received_ns = getattr(m.data, "received_ns", 0)  # readings, and alerts/invalidations they caused
             if isinstance(received_ns, int) and received_ns:
-                self._ingest_to_stored.observe((now - received_ns) / 1e9)
+                latencies.append((now - received_ns) / 1e9)
+        observe_many(self._ingest_to_stored, latencies)
 
     async def _reject(self, rejected: list[tuple[ReceivedMessage, str]]) -> None:
         topic = self.config.dead_letter_topic
