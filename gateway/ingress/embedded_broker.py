@@ -20,7 +20,10 @@ stops after a message with an invalid topic. Then, for the batch:
 4. each permitted message is forwarded to subscribed devices and retained as amqtt does.
 
 Backpressure: a batch counts against `Intake.max_queued` until it is settled (the gate
-waits while queued + held reaches it), then the gate is signalled.
+waits while queued + held reaches it), then the gate is signalled. The gate runs in the
+connection's reader before a publish is queued: `gateway.ingress.amqtt_reader.read_loop`
+awaits it as `handler.gate` (TCP and TLS), amqtt's own loop through the `PACKET_RECEIVED`
+event (other transports).
 """
 
 from __future__ import annotations
