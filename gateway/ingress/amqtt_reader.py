@@ -36,6 +36,8 @@ from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import CONNECT, PUBLISH, MQTTFixedHeader
 from amqtt.session import IncomingApplicationMessage
 
+from gateway.ingress.mqtt_client import read_varint
+
 log = logging.getLogger("gateway.ingress.embedded")
 
 _READ_SIZE = 256 * 1024
@@ -78,24 +80,12 @@ class FastReadHandler(Protocol):
 def next_frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:
     """(first byte, body start, body end) of the packet at `pos`, or None if `buf` does not
     hold all of it yet; raises MalformedPacket for a remaining length over 4 bytes."""
-    end = len(buf)
-    i = pos + 1
-    length = 0
-    shift = 0
-    while True:
-        if i >= end:
-            return None
-        byte = buf[i]
-        length |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift > 21:
-            raise MalformedPacket("remaining length longer than 4 bytes")
-    if i + length > end:
+    length, start = read_varint(buf, pos + 1, len(buf))
+    if length == -2:
+        raise MalformedPacket("remaining length longer than 4 bytes")
+    if length < 0 or start + length > len(buf):
         return None
-    return buf[pos], i, i + length
+    return buf[pos], start, start + length
 
 
 def parse_publish(first: int, body: bytes) -> IncomingApplicationMessage:

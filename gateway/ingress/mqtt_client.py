@@ -124,7 +124,7 @@ class PublishReader:
         on_publish = self._on_publish
         while n - pos >= 2:
             first = buf[pos]
-            length, i = _varint(buf, pos + 1, n)
+            length, i = read_varint(buf, pos + 1, n)
             if length < 0:
                 if length == -2:  # malformed: let paho see it and close the connection
                     self._feed += buf[pos:]
@@ -159,7 +159,7 @@ class PublishReader:
             mid = (buf[p] << 8) | buf[p + 1] if p + 2 <= end else -1
             p += 2
         if self._v5:
-            props, p = _varint(buf, p, end)
+            props, p = read_varint(buf, p, end)
             if props < 0:
                 raise ValueError("bad properties length")
             p += props
@@ -187,7 +187,7 @@ class PublishReader:
         return _NO_CONN
 
 
-def _varint(buf: bytearray, i: int, n: int) -> tuple[int, int]:
+def read_varint(buf: bytes | bytearray, i: int, n: int) -> tuple[int, int]:
     """(value, offset after it); value -1 when incomplete, -2 when longer than 4 bytes."""
     value = 0
     shift = 0
