@@ -31,6 +31,7 @@ cannot let two calls overlap).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sqlite3
 import threading
@@ -46,6 +47,8 @@ from gateway.core.message import FieldValue, Reading
 from gateway.core.sink import WriteResult
 from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase, resolve_data_path
+
+log = logging.getLogger("gateway.sinks.sqlite_store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -239,15 +242,16 @@ class SQLiteStoreSink(BlockingSink):
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     """Create what is missing; convert a store of one row per field (earlier releases)."""
-    found = conn.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()
     conn.execute("BEGIN IMMEDIATE")
     try:
+        found = conn.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
         if found is not None and found[0] == "table":
-            conn.execute(_CONVERT_FIELD_ROWS)
+            converted = conn.execute(_CONVERT_FIELD_ROWS).rowcount
             conn.execute("DROP TABLE readings")
+            log.info("converted the SQLite store to one row per reading: %d points", converted)
         conn.execute(_VIEW)
         conn.execute("COMMIT")
     except BaseException:
