@@ -5,22 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gateway.ingress.amqtt_reader import MalformedPacket, next_frame, parse_publish
+from tests.mqtt_bytes import varint
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0, retain: bool = False) -> bytes:
     body = len(topic.encode()).to_bytes(2, "big") + topic.encode()
     body += packet_id.to_bytes(2, "big") if qos else b""
     body += payload
-    return bytes([0x30 | qos << 1 | int(retain)]) + remaining(len(body)) + body
-
-
-def remaining(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    return bytes([0x30 | qos << 1 | int(retain)]) + varint(len(body)) + body
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 300_000])

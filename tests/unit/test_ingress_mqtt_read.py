@@ -10,15 +10,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from gateway.ingress.mqtt_client import PublishReader, write_pubacks
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from tests.mqtt_bytes import varint
 
 
 def publish(topic: bytes, payload: bytes, qos: int, mid: int, v5: bool, props: bytes = b"") -> bytes:
