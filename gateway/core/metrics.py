@@ -116,6 +116,12 @@ class Metrics:
         self.auth_failures = Counter(
             p + "auth_failures", "Connections refused by the embedded broker, by reason.", ["reason"], registry=r
         )
+        self.broker_protocol_errors = Counter(
+            p + "broker_protocol_errors",
+            "Device connections the embedded broker closed for a protocol error, by reason (malformed, too_large).",
+            ["reason"],
+            registry=r,
+        )
         self.acl_denied = Counter(
             p + "acl_denied", "Publishes/subscriptions refused by the ACL, by action.", ["action"], registry=r
         )

@@ -53,6 +53,8 @@ class AckAfterHandoverHandler(BrokerProtocolHandler):  # type: ignore[misc]  # a
         self._awaiting_settle: dict[int, int] = {}  # read by read_loop: id -> packet id
         self._pubacks: list[bytes] = []
         self.gate: Callable[[Any], Awaitable[None]] | None = None  # awaited before each publish is queued
+        self.max_packet_bytes = 268_435_455  # MQTT's largest; the embedded broker sets its own
+        self.on_protocol_error: Callable[[str], None] | None = None
 
     async def _reader_loop(self) -> None:
         if isinstance(self.reader, StreamReaderAdapter):

@@ -14,11 +14,18 @@ has (up to `_READ_SIZE` bytes at a time), cuts it into packets itself and handle
 * Every other packet (QoS 2 publishes included) is decoded by amqtt's own packet classes and
   handled by the handler's methods, in a task as amqtt does (CONNECT awaited).
 
-What changes against amqtt's loop, and only that: a malformed packet (bad remaining
-length, a reserved type, QoS 3, a topic that is not UTF-8, a packet shorter than its
-headers) closes the connection, where amqtt logged and sometimes read on from the middle of
-the packet; amqtt's `PACKET_RECEIVED` plugin event is not fired for QoS 0/1 publishes (the
-gateway runs amqtt without plugins); no read timeout (amqtt's broker ignored it anyway).
+What changes against amqtt's loop, and only that:
+
+* a malformed packet (bad remaining length, a reserved type, QoS 3, a topic that is not
+  UTF-8, a packet shorter than its headers) closes the connection, where amqtt logged and
+  sometimes read on from the middle of the packet;
+* so does a packet over `handler.max_packet_bytes`, as soon as its remaining length is read
+  (amqtt buffered any size up to MQTT's 256 MB); either is reported to
+  `handler.on_protocol_error` with the reason `malformed` or `too_large`;
+* amqtt's `PACKET_RECEIVED` plugin event is not fired for QoS 0/1 publishes (the gateway
+  runs amqtt without plugins);
+* no read timeout (amqtt's broker ignored it anyway).
+
 Only plain asyncio streams (TCP, TLS) take this loop; other transports keep amqtt's.
 """
 
@@ -60,6 +67,14 @@ _HANDLERS = {  # packet type -> the handler method amqtt's loop runs in a task
 class MalformedPacket(Exception):
     """The bytes read are not a well-formed MQTT 3.1.1 packet: the connection is closed."""
 
+    reason = "malformed"
+
+
+class PacketTooLarge(MalformedPacket):
+    """A packet is over the size limit: the connection is closed before it is read."""
+
+    reason = "too_large"
+
 
 class FastReadHandler(Protocol):
     """What `read_loop` needs of the protocol handler (`AckAfterHandoverHandler`)."""
@@ -67,6 +82,8 @@ class FastReadHandler(Protocol):
     session: Any
     plugins_manager: Any
     gate: Callable[[Any], Awaitable[None]] | None
+    max_packet_bytes: int
+    on_protocol_error: Callable[[str], None] | None
     _reader_ready: asyncio.Event | None
     _reader_stopped: asyncio.Event
 
@@ -77,12 +94,15 @@ class FastReadHandler(Protocol):
     async def stop(self) -> None: ...
 
 
-def next_frame(buf: bytes, pos: int) -> tuple[int, int, int] | None:
+def next_frame(buf: bytes, pos: int, limit: int = 268_435_455) -> tuple[int, int, int] | None:
     """(first byte, body start, body end) of the packet at `pos`, or None if `buf` does not
-    hold all of it yet; raises MalformedPacket for a remaining length over 4 bytes."""
+    hold all of it yet; raises MalformedPacket for a remaining length over 4 bytes and
+    PacketTooLarge for a packet (header included) over `limit` bytes."""
     length, start = read_varint(buf, pos + 1, len(buf))
     if length == -2:
         raise MalformedPacket("remaining length longer than 4 bytes")
+    if length >= 0 and start - pos + length > limit:
+        raise PacketTooLarge(f"a packet of {start - pos + length} bytes, over the limit of {limit}")
     if length < 0 or start + length > len(buf):
         return None
     return buf[pos], start, start + length
@@ -118,7 +138,7 @@ async def read_loop(handler: FastReadHandler, stream: asyncio.StreamReader) -> N
         while chunk := await stream.read(_READ_SIZE):
             buf = buf + chunk if buf else chunk
             pos = 0
-            while (frame := next_frame(buf, pos)) is not None:
+            while (frame := next_frame(buf, pos, handler.max_packet_bytes)) is not None:
                 first, start, pos = frame
                 if first >> 4 == PUBLISH and (first >> 1) & 3 != 2:  # QoS 0, 1 (and 3: refused)
                     await _publish(handler, first, buf[start:pos])
@@ -130,7 +150,9 @@ async def read_loop(handler: FastReadHandler, stream: asyncio.StreamReader) -> N
     except asyncio.CancelledError:
         pass
     except MalformedPacket as exc:
-        log.warning("closing the connection of %s: malformed packet (%s)", client_id, exc)
+        log.warning("closing the connection of %s: %s packet (%s)", client_id, exc.reason.replace("_", " "), exc)
+        if handler.on_protocol_error is not None:
+            handler.on_protocol_error(exc.reason)
     except Exception as exc:  # what amqtt's loop does with a handler's failure
         log.warning("closing the connection of %s: %r", client_id, exc)
     finally:

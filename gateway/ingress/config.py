@@ -54,6 +54,14 @@ class EmbeddedIngressConfig(BaseModel):
         timedelta(seconds=5),
         description="On stop, how long messages the broker already accepted are still handed to the pipeline.",
     )
+    max_packet_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=268_435_455,
+        description="Largest MQTT packet a device may send: a bigger one closes its connection before it is read "
+        "(counted in gateway_broker_protocol_errors_total). Payloads between validation.max_payload_bytes and this "
+        "are read and dead-lettered as too_large.",
+    )
 
     @property
     def allow_anonymous(self) -> bool:

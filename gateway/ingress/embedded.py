@@ -171,6 +171,13 @@ class EmbeddedIngress:
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def max_packet_bytes(self) -> int:
+        return self.config.max_packet_bytes
+
+    def protocol_error(self, reason: str) -> None:
+        self._metrics.broker_protocol_errors.labels(reason).inc()
+
     async def hand_over(self, session: Any, messages: Sequence[Any]) -> bool:
         """Hand valid, permitted publishes of one connection to the handler, in order; True once
         it has taken all of them. Never raises."""

@@ -58,6 +58,11 @@ class Intake(Protocol):
     @property
     def closing(self) -> bool: ...  # read no further publishes
 
+    @property
+    def max_packet_bytes(self) -> int: ...  # a bigger packet closes the connection
+
+    def protocol_error(self, reason: str) -> None: ...  # a connection was closed for `reason`
+
     async def hand_over(self, session: Any, messages: Sequence[Any]) -> bool: ...  # True: all taken
 
 
@@ -109,6 +114,8 @@ class GatewayBroker(SecureBroker):
     ) -> tuple[Any, Any]:
         handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
         handler.gate = self._admit  # the fast read loop's gate (gateway.ingress.amqtt_reader)
+        handler.max_packet_bytes = self._intake.max_packet_bytes
+        handler.on_protocol_error = self._intake.protocol_error
         return handler, session
 
     async def _admit(self, session: Any) -> None:

@@ -206,7 +206,8 @@ async def test_raw_packets_split_or_packed_any_way_are_read_and_acknowledged_in_
 )
 async def test_a_malformed_packet_closes_only_its_connection(bad: bytes, caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    ingress = EmbeddedIngress(EmbeddedIngressConfig(port=port), Metrics())
+    metrics = Metrics()
+    ingress = EmbeddedIngress(EmbeddedIngressConfig(port=port), metrics)
     got: list[bytes] = []
 
     async def handler(message: RawMessage) -> None:
@@ -225,6 +226,29 @@ async def test_a_malformed_packet_closes_only_its_connection(bad: bytes, caplog:
         await wait_for(lambda: b"other" in got)
     assert got in ([b"before", b"other"], [b"other"]), "nothing after the malformed packet was read"
     assert "malformed packet" in caplog.text
+    assert sample(metrics, "gateway_broker_protocol_errors_total", {"reason": "malformed"}) == 1
+
+
+async def test_a_packet_over_max_packet_bytes_closes_the_connection_before_it_is_read() -> None:
+    port = free_port()
+    metrics = Metrics()
+    ingress = EmbeddedIngress(EmbeddedIngressConfig(port=port, max_packet_bytes=2048), metrics)
+    got: list[int] = []
+
+    async def handler(message: RawMessage) -> None:
+        got.append(len(message.payload))
+
+    async with running(ingress, handler):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_connect("emb-raw-big"))
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x20\x02\x00\x00"
+        body = b"\x00\x0aemb-raw/d4" + b"x" * 2000
+        writer.write(b"\x30" + bytes([len(body) & 0x7F | 0x80, len(body) >> 7]) + body)  # 2,015 bytes: fits
+        writer.write(b"\x30\x90\x4e")  # the header of a 10,000-byte packet: closed before its body comes
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await wait_for(lambda: got == [2000])
+    assert sample(metrics, "gateway_broker_protocol_errors_total", {"reason": "too_large"}) == 1
 
 
 async def test_port_in_use_is_a_setup_error_naming_the_address() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ingress.amqtt_reader import MalformedPacket, next_frame, parse_publish
+from gateway.ingress.amqtt_reader import MalformedPacket, PacketTooLarge, next_frame, parse_publish
 from tests.mqtt_bytes import varint
 
 
@@ -59,3 +59,12 @@ def test_publishes_are_parsed_with_qos_packet_id_and_retain() -> None:
 def test_malformed_publishes_are_refused(first: int, body: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
         parse_publish(first, body)
+
+
+def test_a_packet_over_the_limit_is_refused_as_soon_as_its_length_is_read() -> None:
+    packet = publish("a/b", b"x" * 5000)
+    with pytest.raises(PacketTooLarge, match="over the limit of 4096"):
+        next_frame(packet[:4], 0, limit=4096)  # header only: the body is never waited for
+    assert next_frame(packet, 0, limit=len(packet)) is not None
+    with pytest.raises(PacketTooLarge):
+        next_frame(packet, 0, limit=len(packet) - 1)
