@@ -75,6 +75,9 @@ def ratios(results: Sequence[RunResult]) -> dict[str, dict[str, float]]:
     return out
 
 
+_WORKERS_NOTE = {"gateway_w2": "with --workers 2", "gateway_w4": "with --workers 4"}
+
+
 def _ratio_target(results: Sequence[RunResult], workload: str, base: str, want: float, label: str) -> Target:
     name = f"{label} ≥ {want}x {base}"
     gw, b = best_gateway(results, workload), find(results, base, workload)
@@ -84,7 +87,7 @@ def _ratio_target(results: Sequence[RunResult], workload: str, base: str, want: 
         return Target(name, "run failed", False, "; ".join(x.note for x in (gw, b) if x.note))
     ratio = gw.msgs_per_s / b.msgs_per_s
     measured = f"{ratio:.2f}x ({gw.msgs_per_s:,.0f} vs {b.msgs_per_s:,.0f} msg/s)"
-    how = {"gateway_w2": "with --workers 2", "gateway_w4": "with --workers 4"}.get(gw.system, "")
+    how = _WORKERS_NOTE.get(gw.system, "")
     return Target(name, measured, ratio >= want, "; ".join(filter(None, [how, _bound_note(results, gw)])))
 
 
@@ -104,14 +107,13 @@ def targets(results: Sequence[RunResult], latency_run: str, memory_runs: tuple[s
         out.append(_ratio_target(results, w, "bridge", 2.5, w))
     for w in ("q0_batch50", "q1_batch50"):
         name = f"{w}: ≥ 100,000 readings/s stored"
-        gw = find(results, "gateway", w)
+        gw = best_gateway(results, w)  # like the ratio targets: the fastest of 1, 2 and 4 processes
         if gw is None:
             out.append(Target(name, "not run", None))
         else:
             measured = f"{gw.readings_per_s:,.0f} readings/s" if gw.ok else "run failed"
-            out.append(
-                Target(name, measured, gw.ok and gw.readings_per_s >= 100_000, gw.note or _bound_note(results, gw))
-            )
+            note = "; ".join(filter(None, [_WORKERS_NOTE.get(gw.system, ""), gw.note or _bound_note(results, gw)]))
+            out.append(Target(name, measured, gw.ok and gw.readings_per_s >= 100_000, note))
     for w in ("embedded_q0", "embedded_q1"):
         out.append(_ratio_target(results, w, "amqtt_pubsub", 1.5, f"{w} (embedded)"))
     paced = find(results, "gateway", latency_run)
