@@ -4,8 +4,9 @@ Starts Mosquitto and VictoriaMetrics on free loopback ports, then for every sele
 workload runs, one after the other on the same machine: the broker ceiling (mosquitto_sub),
 the aiomqtt receive-only ceiling, the hand-rolled paho + influxdb-client bridge and the
 gateway in client mode; for the embedded workloads amqtt's own pub → sub rate and the gateway
-in embedded mode; then the latency run (QoS 1 at half the gateway's measured rate) and the
-memory run (the QoS 1 workload three times as long). If a target is missed, one more gateway
+in embedded mode; then the memory run (the QoS 1 workload three times as long) and the
+latency run (QoS 1 at half the gateway's sustained rate: the lower of the QoS 1 run's and
+the memory run's). If a target is missed, one more gateway
 run is profiled with py-spy (when installed). Writes DIR/latest.json and DIR/latest.md and
 prints the targets and results; progress lines go to stderr. Exit 0 when every run completed
 with its count verified (targets met or not), 1 otherwise.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -54,8 +56,11 @@ METHOD = [
     "(whole life, including start-up). Latency: gateway_ingest_to_stored_seconds histogram, bucket-interpolated.",
     "Workers curve: the same workload through `gateway run --workers N` (N processes sharing one $share "
     "subscription); msg/s from the summed /metrics of the N workers, CPU and peak RSS summed over the processes. "
-    "The ratio targets use the fastest of the 1/2/4-process runs (named in the note).",
-    "Latency run: p50/p99 of gateway_ingest_to_stored_seconds over the whole run (results table) and over the "
+    "The ratio targets and the 100,000 readings/s target use the fastest of the 1/2/4-process runs (named in "
+    "the note).",
+    "Latency run: paced at half the gateway's sustained QoS 1 rate, the lower of the q1_single run's and the "
+    "three times longer memory run's (a short flat-out run partly measures the durable bus absorbing a burst). "
+    "p50/p99 of gateway_ingest_to_stored_seconds over the whole run (results table) and over the "
     "readings stored after the first 3 s (the target; the histogram's difference), which leaves out the start-up: "
     "the store creating the run's new series and the simulator settling on its pace.",
     "Everything shares 2 cores: the broker, the simulator, the store and the consumer compete; compare ratios "
@@ -124,17 +129,21 @@ def main(argv: list[str] | None = None) -> int:
                 run("amqtt pub→sub ceiling", run_amqtt_ceiling, w)
                 run("gateway (embedded mode)", run_gateway, w, True)
             base = report.find(results, "gateway", "q1_single")
-            if "latency" in selected and base is not None and base.ok:
-                w = paced(ws["q1_single"], base.msgs_per_s / 2, 4 if a.quick else 10)
-                w = replace(w, name=latency_name)
-                used.append(w)
-                log(f"latency run: {w.describe()}")
-                run("gateway at half its rate", run_gateway, w, False)
+            long_run = None
             if "memory" in selected and base is not None:
                 w = replace(ws["q1_single"], name=long_name, count=ws["q1_single"].count * 3)
                 used.append(w)
                 log(f"memory run: {w.describe()}")
-                run("gateway, long run", run_gateway, w, False)
+                long_run = run("gateway, long run", run_gateway, w, False)
+            if "latency" in selected and base is not None and base.ok:
+                # the maximum rate is the sustained one: a short flat-out run partly measures the
+                # durable bus absorbing a burst, which the longer run shows the gateway cannot keep up
+                rate = min(base.msgs_per_s, long_run.msgs_per_s if long_run is not None and long_run.ok else math.inf)
+                w = paced(ws["q1_single"], rate / 2, 4 if a.quick else 10)
+                w = replace(w, name=latency_name)
+                used.append(w)
+                log(f"latency run: {w.describe()}")
+                run("gateway at half its rate", run_gateway, w, False)
             items = report.targets(results, latency_name, ("q1_single", long_name))
             if not a.no_profile and any(t.met is False for t in items):
                 profile = _profile(env, ws, selected, a.out, log)
