@@ -50,18 +50,18 @@ from gateway.sinks.config import SinkConfigBase, resolve_data_path
 
 log = logging.getLogger("gateway.sinks.sqlite_store")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
+_SCHEMA = (  # one statement each: executescript would commit the conversion's transaction
+    """CREATE TABLE IF NOT EXISTS points (
     measurement TEXT NOT NULL,
     tags TEXT NOT NULL,
     time_ns INTEGER NOT NULL,
     device_id TEXT NOT NULL,
     fields TEXT NOT NULL,
     PRIMARY KEY (measurement, tags, time_ns)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS points_by_device_time ON points (device_id, time_ns);
-CREATE INDEX IF NOT EXISTS points_by_time ON points (time_ns);
-"""
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS points_by_device_time ON points (device_id, time_ns)",
+    "CREATE INDEX IF NOT EXISTS points_by_time ON points (time_ns)",
+)
 _VIEW = """
 CREATE VIEW IF NOT EXISTS readings AS
 SELECT p.measurement AS measurement, p.tags AS tags, f.key AS field, p.time_ns AS time_ns,
@@ -245,9 +245,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = conn.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in _SCHEMA:
+            conn.execute(statement)
         if found is not None and found[0] == "table":
             converted = conn.execute(_CONVERT_FIELD_ROWS).rowcount
             conn.execute("DROP TABLE readings")
