@@ -33,7 +33,7 @@ from gateway.core.bus import OutgoingMessage
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
 from gateway.core.sink_runner import SinkRunner
-from gateway.ingest import hand_over_batch, handle_batch
+from gateway.ingest import hand_over_batch, handle_batch, telemetry_messages
 from gateway.ingress.base import Ingress, IngressError
 from gateway.ingress.client import ClientIngress
 from gateway.ingress.embedded import EmbeddedIngress
@@ -127,8 +127,7 @@ class Gateway:
         result = self.decoder.decode(raw)
         readings = result.readings
         if readings:
-            size = max(1, len(raw.payload) // len(readings))
-            await self.bus.publish(TELEMETRY_TOPIC, [OutgoingMessage(r, size, r.device_id) for r in readings])
+            await self.bus.publish(TELEMETRY_TOPIC, telemetry_messages(readings, len(raw.payload)))
             self._readings_valid.inc(len(readings))
         if not result.rejects:
             self._messages_valid.inc()

@@ -21,14 +21,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from itertools import groupby
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.bus import OutgoingMessage, resolved
-from gateway.core.message import RawMessage
+from gateway.core.message import RawMessage, Reading, ReadingBatch
 from gateway.settings import DEADLETTER_TOPIC, TELEMETRY_TOPIC
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+
+
+def telemetry_messages(readings: list[Reading], payload_size: int) -> list[OutgoingMessage]:
+    """The bus messages of one publish's readings: one per run of readings of the same device
+    (a `ReadingBatch` when the run has several), sized by their share of the payload."""
+    if len(readings) == 1:
+        r = readings[0]
+        return [OutgoingMessage(r, max(1, payload_size), r.device_id)]
+    per_reading = max(1, payload_size // len(readings))
+    device = readings[0].device_id
+    if all(r.device_id == device for r in readings):
+        return [OutgoingMessage(ReadingBatch(readings), per_reading * len(readings), device)]
+    out: list[OutgoingMessage] = []
+    for device, run in groupby(readings, key=attrgetter("device_id")):
+        group = list(run)
+        data = group[0] if len(group) == 1 else ReadingBatch(group)
+        out.append(OutgoingMessage(data, per_reading * len(group), device))
+    return out
 
 
 async def handle_batch(gw: Gateway, raws: Sequence[RawMessage]) -> None:
@@ -41,7 +61,7 @@ async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Fu
     readings: list[OutgoingMessage] = []
     dead: list[OutgoingMessage] = []
     held: list[asyncio.Future[None]] = []
-    valid = 0
+    valid = n_readings = 0
     meta, detector, own = gw.processors.meta, gw.processors.detector, gw._own_clients
     for raw in raws:
         if own and raw.client_id in own:
@@ -60,14 +80,15 @@ async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Fu
             continue
         result = gw.decoder.decode(raw)
         if result.readings:
-            size = max(1, len(raw.payload) // len(result.readings))
-            readings += [OutgoingMessage(r, size, r.device_id) for r in result.readings]
+            readings += telemetry_messages(result.readings, len(raw.payload))
+            n_readings += len(result.readings)
         valid += not result.rejects
         for rejection in result.rejects:
             gw.metrics.messages_invalid.labels(rejection.code).inc()
             dead.append(OutgoingMessage(rejection.dead_letter, len(rejection.dead_letter.payload) + 256))
     await _hand_over(gw, readings, dead, held)
     gw.metrics.messages_valid.inc(valid)
+    gw.metrics.readings_valid.inc(n_readings)
     if len(held) == 1:
         return held[0]
     return asyncio.gather(*held) if held else resolved()
@@ -79,7 +100,6 @@ async def _hand_over(
     """Hand both lists over (telemetry first), add their commit futures to `held`, empty them."""
     if readings:
         held.append(await gw.bus.hand_over(TELEMETRY_TOPIC, readings))
-        gw.metrics.readings_valid.inc(len(readings))
         readings.clear()
     if dead:
         held.append(await gw.bus.hand_over(DEADLETTER_TOPIC, dead))

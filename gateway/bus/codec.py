@@ -6,6 +6,10 @@ is orjson output:
 * `R` + `[measurement, device_id, tags, fields, time_ns, received_ns]`: a `Reading`.
 * `r` + the same plus a map of the fields JSON cannot carry (NaN, ±inf, integers beyond
   64 bits), written as text and restored on decode. Only such readings take this path.
+* `B` + `[[measurement, device_id, tags, fields, time_ns, received_ns], ...]`: a
+  `ReadingBatch`, in one orjson call. `b` + the readings' own encodings (`R` or `r` each)
+  joined by NUL bytes: a batch holding a field JSON cannot carry (orjson output never holds
+  a raw NUL, so the cut is unambiguous).
 * `D` + `[topic, reason, source, received_ns, client_id, attempts]` + a newline + the raw
   payload bytes: a `DeadLetter`. orjson never writes a raw newline, so the first one ends
   the JSON; the payload is kept byte for byte (no base64).
@@ -15,9 +19,9 @@ is orjson output:
   list and dict with str keys.
 
 Guarantee: `decode(encode(x)) == x`, with the same types, for every value `encode`
-accepts (a `Reading` whose tags and fields hold what `gateway.core.message` says they
-hold, any `DeadLetter` whose text fields are valid UTF-8, registered types whose converters
-round-trip, and the plain JSON values above).
+accepts (a `Reading`, or a non-empty `ReadingBatch` of them, whose tags and fields hold
+what `gateway.core.message` says they hold, any `DeadLetter` whose text fields are valid
+UTF-8, registered types whose converters round-trip, and the plain JSON values above).
 Anything else (a tuple, a set, another dataclass, a string with lone surrogates, an
 integer beyond 64 bits outside a reading's fields) raises `CodecError` instead of being
 stored in an altered form.
@@ -32,11 +36,13 @@ from typing import Any, cast
 
 import orjson
 
-from gateway.core.message import DeadLetter, Reading
+from gateway.core.message import DeadLetter, Reading, ReadingBatch
 
 _READING_FIELDS = operator.attrgetter("measurement", "device_id", "tags", "fields", "time_ns", "received_ns")
 _READING = ord("R")
 _READING_SPECIAL = ord("r")
+_BATCH = ord("B")
+_BATCH_SPECIAL = ord("b")
 _DEAD_LETTER = ord("D")
 _JSON = ord("J")
 _REGISTERED = ord("T")
@@ -65,6 +71,8 @@ def encode(data: object) -> bytes:
     try:
         if kind is Reading:
             return _encode_reading(cast(Reading, data))
+        if kind is ReadingBatch:
+            return _encode_batch(cast(ReadingBatch, data))
         if kind is DeadLetter:
             d = cast(DeadLetter, data)
             if type(d.payload) is not bytes:
@@ -116,6 +124,11 @@ def decode(blob: bytes) -> Any:
             if type(t) is list:
                 return Reading(*t)
             raise CodecError("stored reading is not a JSON array")
+        if tag == _BATCH:
+            rows = orjson.loads(blob[1:])
+            if type(rows) is list and rows:
+                return ReadingBatch([Reading(*t) for t in rows])
+            raise CodecError("stored reading batch is not a non-empty JSON array")
         body = memoryview(blob)[1:]
         if tag == _DEAD_LETTER:
             cut = blob.index(b"\n")
@@ -135,9 +148,27 @@ def decode(blob: bytes) -> Any:
             for key, (kind, text) in t[6].items():
                 fields[key] = float(text) if kind == "f" else int(text)
             return Reading(t[0], t[1], t[2], fields, t[4], t[5])
+        if tag == _BATCH_SPECIAL:
+            parts = [decode(part) for part in blob[1:].split(b"\0")]
+            if all(type(p) is Reading for p in parts):
+                return ReadingBatch(parts)
+            raise CodecError("stored reading batch holds something other than readings")
     except (orjson.JSONDecodeError, ValueError, IndexError, TypeError, AttributeError, KeyError) as exc:
         raise CodecError(f"invalid stored message data: {exc}") from None
     raise CodecError(f"unknown type tag {tag!r} in stored message data")
+
+
+def _encode_batch(batch: ReadingBatch) -> bytes:
+    readings = batch.readings
+    if not readings or set(map(type, readings)) != {Reading}:
+        raise CodecError("a ReadingBatch must hold one or more Readings")
+    try:
+        out = orjson.dumps(list(map(_READING_FIELDS, readings)))
+    except TypeError:
+        out = b""  # maybe an integer field beyond 64 bits: the per-reading path decides
+    if out and b"null" not in out:
+        return b"B" + out
+    return b"b" + b"\0".join(map(_encode_reading, readings))
 
 
 def _encode_reading(r: Reading) -> bytes:

@@ -2,7 +2,10 @@
 
 A device's MQTT publish becomes one `RawMessage`; decoding turns it into zero or more
 `Reading` values (valid) or exactly one `DeadLetter` (invalid). Readings and dead letters
-travel on internal topics as the `data` of bus messages (`gateway.core.bus`).
+travel on internal topics as the `data` of bus messages (`gateway.core.bus`): one bus
+message per device publish, holding its one `Reading`, or a `ReadingBatch` when the publish
+carried several readings of one device. Consumers see readings one by one: the sink runner
+unpacks batches (`gateway.core.sink_runner`).
 
 These are plain slotted dataclasses: they are created on the hot path, so they do no
 validation of their own. Validation happens once, in `gateway.validation`.
@@ -49,6 +52,19 @@ class Reading:
     fields: dict[str, FieldValue]
     time_ns: int
     received_ns: int = 0
+
+
+@dataclass(slots=True)
+class ReadingBatch:
+    """Several readings of one device, from one publish, carried as one bus message.
+
+    Bus bookkeeping (lease, ack, durable append and paging) is then paid once per publish
+    instead of once per reading. Guarantee: `readings` is not empty and every reading of it
+    has the same `device_id` (the message's ordering key), in publish order. The bus acks or
+    dead-letters the batch as a whole; a sink still settles each reading on its own.
+    """
+
+    readings: list[Reading]
 
 
 @dataclass(slots=True)
@@ -106,8 +122,9 @@ def dead_letter_for(data: object, reason: str, source: str, attempts: int = 0) -
     """Wrap whatever travelled on the bus as a `DeadLetter`, keeping all of it.
 
     A `DeadLetter` is returned with the new reason appended; a `Reading` is serialised to
-    JSON as its payload (topic `reading/<measurement>/<device_id>`); anything else is
-    serialised with orjson's default rules.
+    JSON as its payload (topic `reading/<measurement>/<device_id>`), a `ReadingBatch` to a
+    JSON array of such objects (topic `reading/<measurement of the first>/<device_id>`);
+    anything else is serialised with orjson's default rules.
     """
     import orjson
 
@@ -122,16 +139,18 @@ def dead_letter_for(data: object, reason: str, source: str, attempts: int = 0) -
             attempts=attempts,
             code=data.code,
         )
-    if isinstance(data, Reading):
-        payload = orjson.dumps(
-            {"measurement": data.measurement, "tags": data.tags, "fields": data.fields, "time_ns": data.time_ns}
-        )
+    if isinstance(data, Reading | ReadingBatch):
+        readings = data.readings if isinstance(data, ReadingBatch) else [data]
+        points = [
+            {"measurement": r.measurement, "tags": r.tags, "fields": r.fields, "time_ns": r.time_ns} for r in readings
+        ]
+        first = readings[0]
         return DeadLetter(
-            topic=f"reading/{data.measurement}/{data.device_id}",
-            payload=payload,
+            topic=f"reading/{first.measurement}/{first.device_id}",
+            payload=orjson.dumps(points if isinstance(data, ReadingBatch) else points[0]),
             reason=reason,
             source=source,
-            received_ns=data.received_ns or time.time_ns(),
+            received_ns=first.received_ns or time.time_ns(),
             attempts=attempts,
         )
     return DeadLetter(

@@ -7,6 +7,9 @@ dead-letters permanent refusals, and acks. Guarantees:
 
 * At least once: a message is acked only when its own outcome is final (stored, or its
   `DeadLetter` held by the bus on `dead_letter_topic`); a batch is settled per index.
+* Sinks see readings one by one: a `ReadingBatch` message is unpacked into its readings,
+  each settled on its own (a refused one is dead-lettered alone), and the message is acked
+  once all of them are settled. Counts (`max_rate`, metrics, batch sizes) are of items.
 * Transient failures (`retry`, or an exception from `write`) are retried in place,
   indefinitely, and are no delivery attempts: held messages get their lease extended every
   `lease_extend_interval`, so a store down for an hour keeps its backlog on the bus.
@@ -42,7 +45,7 @@ from typing import Any, TypeVar
 
 from gateway.core.backoff import Backoff
 from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
-from gateway.core.message import Reading, dead_letter_for
+from gateway.core.message import Reading, ReadingBatch, dead_letter_for
 from gateway.core.metrics import Metrics, observe_many
 from gateway.core.rate_limit import TokenBucket
 from gateway.core.runner_config import RunnerConfig
@@ -53,13 +56,13 @@ __all__ = ["RunnerConfig", "SinkRunner"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_Sorted = tuple[list[ReceivedMessage], list[tuple[ReceivedMessage, str]], list[ReceivedMessage], list[ReceivedMessage]]
+_Sorted = tuple[list[int], list[tuple[int, str]], list[int], list[int]]
 
 
-def _sort_out(msgs: list[ReceivedMessage], result: WriteResult) -> tuple[_Sorted, bool]:
-    """((accepted, rejected+reason, split, retry), malformed). A message goes to the first list naming
-    it, to retry if none does; `malformed` means the result did not list each index exactly once."""
-    n = len(msgs)
+def _sort_out(n: int, result: WriteResult) -> tuple[_Sorted, bool]:
+    """Indices of a batch of `n` items: ((accepted, rejected+reason, split, retry), malformed). An item
+    goes to the first list naming it, to retry if none does; `malformed` means the result did not list
+    each index exactly once."""
     seen: set[int] = set()
 
     def take(indices: list[int]) -> list[int]:
@@ -67,13 +70,13 @@ def _sort_out(msgs: list[ReceivedMessage], result: WriteResult) -> tuple[_Sorted
         seen.update(picked)
         return picked
 
-    accepted = [msgs[i] for i in take(result.accepted)]
+    accepted = take(result.accepted)
     fallback = result.reason or "rejected by the sink"
-    rejected = [(msgs[i], result.rejected[i] or fallback) for i in take(list(result.rejected))]
-    split = [msgs[i] for i in take(result.split)]
+    rejected = [(i, result.rejected[i] or fallback) for i in take(list(result.rejected))]
+    split = take(result.split)
     retry_idx = take(result.retry)
     missing = sorted(set(range(n)) - seen)
-    retry = [msgs[i] for i in sorted(retry_idx + missing)]
+    retry = sorted(retry_idx + missing)
     listed = len(result.accepted) + len(result.rejected) + len(result.split) + len(result.retry)
     return (accepted, rejected, split, retry), listed != n or bool(missing)
 
@@ -105,6 +108,7 @@ class SinkRunner:
         self._inflight: set[asyncio.Task[None]] = set()
         self._held: set[int] = set()
         self._held_ns: dict[int, int] = {}  # ack id -> received_ns of held readings
+        self._parts: dict[int, int] = {}  # ack id of a held ReadingBatch -> its readings not yet settled
         self._pulled_max_ns = 0
         self._watermark = 0
 
@@ -243,90 +247,120 @@ class SinkRunner:
     async def _deliver(self, batch: list[ReceivedMessage]) -> None:
         ids = [m.ack_id for m in batch]
         self._held.update(ids)
+        items: list[Any] = []
+        owners: list[ReceivedMessage] = []
         for m in batch:
-            if isinstance(m.data, Reading):
-                self._held_ns[m.ack_id] = m.data.received_ns
-                self._pulled_max_ns = max(self._pulled_max_ns, m.data.received_ns)
+            data = m.data
+            if type(data) is ReadingBatch:
+                items += data.readings
+                owners += [m] * len(data.readings)
+                self._parts[m.ack_id] = len(data.readings)
+                received_ns = min(r.received_ns for r in data.readings)
+            elif isinstance(data, Reading):
+                items.append(data)
+                owners.append(m)
+                received_ns = data.received_ns
+            else:
+                items.append(data)
+                owners.append(m)
+                continue
+            self._held_ns[m.ack_id] = received_ns
+            self._pulled_max_ns = max(self._pulled_max_ns, received_ns)
         try:
-            await self._write_until_settled(batch)
+            await self._write_until_settled(items, owners)
         except BusClosed:
             self._log(logging.WARNING, "bus closed while settling a batch; it stays unacked")
         finally:
             self._held.difference_update(ids)
             for i in ids:
                 self._held_ns.pop(i, None)
+                self._parts.pop(i, None)
 
-    async def _write_until_settled(self, msgs: list[ReceivedMessage]) -> None:
+    async def _write_until_settled(self, items: list[Any], owners: list[ReceivedMessage]) -> None:
+        """Write `items` (`owners[i]` is the bus message `items[i]` came from) until each is settled."""
         backoff = Backoff(self.config.retry_min_backoff, self.config.retry_max_backoff)
-        while msgs:
+        while items:
             if self._limiter is not None:
-                await self._limiter.acquire(len(msgs))
+                await self._limiter.acquire(len(items))
             started = time.perf_counter()
             try:
-                result, exc = await self._sink.write([m.data for m in msgs]), None
+                result, exc = await self._sink.write(items), None
             except Exception as e:
-                result, exc = WriteResult.retry_all(len(msgs), repr(e)), e
+                result, exc = WriteResult.retry_all(len(items), repr(e)), e
             self._write_seconds.observe(time.perf_counter() - started)
-            self._batch_size.observe(len(msgs))
-            (accepted, rejected, split, retry), malformed = _sort_out(msgs, result)
+            self._batch_size.observe(len(items))
+            (accepted, rejected, split, retry), malformed = _sort_out(len(items), result)
             if malformed and not self._warned_malformed:
                 self._warned_malformed = True
                 self._log(logging.ERROR, "returned a WriteResult that does not list every item once")
             self._note_streak((result.reason or "the sink asked to retry") if retry else None, exc)
             if accepted:
-                self._accept(accepted)
+                self._accept([items[i] for i in accepted], [owners[i] for i in accepted])
             if rejected:
-                await self._reject(rejected)
+                await self._reject([(items[i], owners[i], why) for i, why in rejected])
             if len(split) == 1:
-                await self._reject([(split[0], result.reason or "too large to write, even alone")])
+                alone = result.reason or "too large to write, even alone"
+                await self._reject([(items[split[0]], owners[split[0]], alone)])
             elif split:
                 half = len(split) // 2
-                await self._write_until_settled(split[:half])
-                await self._write_until_settled(split[half:])
+                await self._write_until_settled([items[i] for i in split[:half]], [owners[i] for i in split[:half]])
+                await self._write_until_settled([items[i] for i in split[half:]], [owners[i] for i in split[half:]])
             if not retry:
                 return
             limit = self.config.max_retries
             if limit is not None and backoff.attempt >= limit:
                 last = result.reason or "the sink asked to retry"
-                await self._reject([(m, f"gave up after {limit} retries: {last}") for m in retry])
+                await self._reject([(items[i], owners[i], f"gave up after {limit} retries: {last}") for i in retry])
                 return
             self._retried.inc(len(retry))
             delay = backoff.next_delay()
             if result.retry_after is not None:
                 delay = max(result.retry_after, self.config.retry_min_backoff).total_seconds()
             await asyncio.sleep(delay)
-            msgs = retry
+            items, owners = [items[i] for i in retry], [owners[i] for i in retry]
 
-    def _accept(self, msgs: list[ReceivedMessage]) -> None:
-        ids = [m.ack_id for m in msgs]
-        self._bus.ack(self.subscription, ids)
-        self._held.difference_update(ids)
-        for i in ids:
-            self._held_ns.pop(i, None)
-        self._written.inc(len(msgs))
+    def _settle(self, owners: list[ReceivedMessage]) -> None:
+        """Count one settled item for each of `owners`; ack the messages whose items are all settled."""
+        done: list[int] = []
+        parts = self._parts
+        for m in owners:
+            left = parts.get(m.ack_id)
+            if left is None:
+                done.append(m.ack_id)
+            elif left > 1:
+                parts[m.ack_id] = left - 1
+            else:
+                del parts[m.ack_id]
+                done.append(m.ack_id)
+        if done:
+            self._bus.ack(self.subscription, done)
+            self._held.difference_update(done)
+            for i in done:
+                self._held_ns.pop(i, None)
+
+    def _accept(self, items: list[Any], owners: list[ReceivedMessage]) -> None:
+        self._settle(owners)
+        self._written.inc(len(items))
         now = time.time_ns()
         latencies = []
-        for m in msgs:
-            received_ns = getattr(m.data, "received_ns", 0)  # readings, and alerts/invalidations they caused
+        for item in items:
+            received_ns = getattr(item, "received_ns", 0)  # readings, and alerts/invalidations they caused
             if isinstance(received_ns, int) and received_ns:
                 latencies.append((now - received_ns) / 1e9)
         observe_many(self._ingest_to_stored, latencies)
 
-    async def _reject(self, rejected: list[tuple[ReceivedMessage, str]]) -> None:
+    async def _reject(self, rejected: list[tuple[Any, ReceivedMessage, str]]) -> None:
         topic = self.config.dead_letter_topic
         if topic is None:
-            reasons = "; ".join(sorted({reason for _, reason in rejected})[:3])
+            reasons = "; ".join(sorted({reason for _, _, reason in rejected})[:3])
             self._log(logging.ERROR, "refused %d items, no dead-letter topic: dropped: %s", len(rejected), reasons)
         else:
-            dls = [dead_letter_for(m.data, why, source=f"sink:{self.name}", attempts=m.attempt) for m, why in rejected]
+            source = f"sink:{self.name}"
+            dls = [dead_letter_for(item, why, source=source, attempts=m.attempt) for item, m, why in rejected]
             if not await self._bus.publish(topic, [OutgoingMessage(d, len(d.payload) + len(d.reason)) for d in dls]):
                 self._log(logging.ERROR, "no subscription on topic %s: %d dead letters dropped", topic, len(dls))
         self._failed.inc(len(rejected))
-        ids = [m.ack_id for m, _ in rejected]
-        self._bus.ack(self.subscription, ids)
-        self._held.difference_update(ids)
-        for i in ids:
-            self._held_ns.pop(i, None)
+        self._settle([m for _, m, _ in rejected])
 
     def _note_streak(self, failure: str | None, exc: Exception | None) -> None:
         """Warn once per failure streak (and once with a traceback), say when it recovers."""

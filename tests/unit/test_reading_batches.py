@@ -1,0 +1,193 @@
+"""A publish of several readings travels as one `ReadingBatch` bus message.
+
+Covers the pieces: how the ingress groups readings into bus messages, the codec's byte form
+of a batch, its dead letter, and the sink runner, which unpacks a batch so that the sink
+settles each reading on its own and the message is acked only once all of them are settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.bus import codec
+from gateway.bus.memory import MemoryBus
+from gateway.core.bus import OutgoingMessage, SubscriptionConfig
+from gateway.core.message import DeadLetter, Reading, ReadingBatch, dead_letter_for
+from gateway.core.sink import WriteResult
+from gateway.ingest import telemetry_messages
+from tests.unit.test_sink_runner import MS, FakeBus, FakeSink, make_runner, readings, running, value, wait_until
+
+
+def reading(device: str, i: int, **fields: Any) -> Reading:
+    return Reading("env", device, {"device_id": device}, fields or {"t": i + 0.5}, 1_000 + i, 2_000)
+
+
+# -- grouping at the ingress ------------------------------------------------------------------
+
+
+def test_one_reading_stays_a_plain_reading_message() -> None:
+    r = reading("d1", 0)
+    [m] = telemetry_messages([r], 120)
+    assert m.data is r and m.size == 120 and m.ordering_key == "d1"
+
+
+def test_readings_of_one_device_become_one_batch_message_of_the_payload_size() -> None:
+    rs = [reading("d1", i) for i in range(50)]
+    [m] = telemetry_messages(rs, 5_000)
+    assert isinstance(m.data, ReadingBatch) and m.data.readings == rs
+    assert m.size == 5_000 and m.ordering_key == "d1"
+
+
+def test_mixed_devices_are_cut_into_runs_in_publish_order() -> None:
+    rs = [reading("a", 0), reading("a", 1), reading("b", 2), reading("a", 3)]
+    out = telemetry_messages(rs, 400)
+    assert [m.ordering_key for m in out] == ["a", "b", "a"]
+    assert isinstance(out[0].data, ReadingBatch) and out[0].data.readings == rs[:2]
+    assert out[1].data is rs[2] and out[2].data is rs[3]
+    assert [m.size for m in out] == [200, 100, 100]
+
+
+# -- the codec ----------------------------------------------------------------------------------
+
+
+def test_a_batch_round_trips_in_one_json_array() -> None:
+    batch = ReadingBatch([reading("d1", i, t=i * 0.1, n=i, ok=True, fw="1.2") for i in range(3)])
+    blob = codec.encode(batch)
+    assert blob[:1] == b"B" and len(orjson.loads(blob[1:])) == 3
+    back = codec.decode(blob)
+    assert type(back) is ReadingBatch and back == batch
+    assert [type(v) for v in back.readings[2].fields.values()] == [float, int, bool, str]
+
+
+def test_a_batch_with_values_json_cannot_carry_round_trips_reading_by_reading() -> None:
+    batch = ReadingBatch([reading("d1", 0, t=1.5), reading("d1", 1, t=math.nan, big=2**70, neg=-math.inf)])
+    blob = codec.encode(batch)
+    assert blob[:1] == b"b"
+    back = codec.decode(blob)
+    assert type(back) is ReadingBatch and back.readings[0] == batch.readings[0]
+    fields = back.readings[1].fields
+    assert math.isnan(fields["t"]) and fields["big"] == 2**70 and fields["neg"] == -math.inf
+
+
+@pytest.mark.parametrize("bad", [ReadingBatch([]), ReadingBatch(["not a reading"])])  # type: ignore[list-item]
+def test_an_empty_batch_or_one_holding_other_values_is_refused(bad: ReadingBatch) -> None:
+    with pytest.raises(codec.CodecError, match="one or more Readings"):
+        codec.encode(bad)
+
+
+@pytest.mark.parametrize("blob", [b"B[]", b"B{}", b"B[[1]]", b"b" + codec.encode({"a": 1}), b"bR[1"])
+def test_bytes_that_are_no_batch_are_refused_on_decode(blob: bytes) -> None:
+    with pytest.raises(codec.CodecError):
+        codec.decode(blob)
+
+
+def test_encode_many_mixes_batches_and_readings() -> None:
+    items: list[object] = [reading("a", 0), ReadingBatch([reading("b", 1), reading("b", 2)]), reading("c", 3)]
+    assert [codec.decode(b) for b in codec.encode_many(items)] == items
+
+
+# -- dead letters -------------------------------------------------------------------------------
+
+
+def test_a_batch_dead_letter_keeps_every_reading() -> None:
+    batch = ReadingBatch([reading("d1", 0), reading("d1", 1)])
+    letter = dead_letter_for(batch, "5 attempts", source="subscription:tsdb", attempts=5)
+    assert letter.topic == "reading/env/d1" and letter.received_ns == 2_000 and letter.attempts == 5
+    assert [p["time_ns"] for p in orjson.loads(letter.payload)] == [1_000, 1_001]
+
+
+# -- the sink runner ----------------------------------------------------------------------------
+
+
+async def test_the_sink_sees_the_readings_and_the_message_is_acked_once() -> None:
+    sink, bus = FakeSink(), FakeBus()
+    runner, metrics = make_runner(sink, bus)
+    single = readings(1, "d0")[0]
+    batch = ReadingBatch(readings(4, "d1"))
+    ids = bus.add_batch([single, batch])
+    async with running(runner):
+        await wait_until(lambda: len(bus.acked) == 2)
+    assert sink.calls == [[single, *batch.readings]]
+    assert sorted(bus.acked) == ids
+    assert value(metrics, "gateway_sink_written_total") == 5
+    assert metrics.registry.get_sample_value("gateway_ingest_to_stored_seconds_count", {"sink": "fake"}) == 5
+
+
+async def test_a_refused_reading_is_dead_lettered_alone_and_the_rest_of_its_batch_stored() -> None:
+    batch = ReadingBatch(readings(3, "d1"))
+    sink = FakeSink(script=[WriteResult(accepted=[0, 2], rejected={1: "field 'v' out of range"})])
+    bus = FakeBus()
+    runner, metrics = make_runner(sink, bus)
+    [mid] = bus.add_batch([batch])
+    async with running(runner):
+        await wait_until(lambda: bus.acked == [mid])
+    [letter] = [m.data for m in bus.published["deadletter"]]
+    assert isinstance(letter, DeadLetter) and letter.reason == "field 'v' out of range"
+    assert orjson.loads(letter.payload)["time_ns"] == batch.readings[1].time_ns
+    assert value(metrics, "gateway_sink_written_total") == 2
+    assert value(metrics, "gateway_sink_failed_total") == 1
+
+
+async def test_a_batch_is_not_acked_while_one_of_its_readings_is_retried() -> None:
+    batch = ReadingBatch(readings(3, "d1"))
+    other = readings(1, "d2")[0]
+    sink = FakeSink(script=[WriteResult(accepted=[0, 2, 3], retry=[1], reason="timeout")])
+    bus = FakeBus()
+    runner, _ = make_runner(sink, bus, retry_min_backoff=200 * MS, retry_max_backoff=200 * MS)
+    batch_id, other_id = bus.add_batch([batch, other])
+    async with running(runner):
+        await wait_until(lambda: bus.acked == [other_id])
+        assert batch_id in runner._held  # still leased while its reading 1 waits for the retry
+        await wait_until(lambda: bus.acked == [other_id, batch_id])
+    assert sink.calls[1] == [batch.readings[1]]
+    assert not runner._parts
+
+
+async def test_a_batch_too_large_is_split_between_its_readings() -> None:
+    batch = ReadingBatch(readings(4, "d1"))
+    bad = batch.readings[3]
+
+    def store(items: list[Any]) -> WriteResult:
+        return WriteResult.split_all(len(items), "413") if bad in items else WriteResult.ok(len(items))
+
+    sink, bus = FakeSink(default=store), FakeBus()
+    runner, metrics = make_runner(sink, bus)
+    [mid] = bus.add_batch([batch])
+    async with running(runner):
+        await wait_until(lambda: bus.acked == [mid])
+    assert value(metrics, "gateway_sink_written_total") == 3
+    assert value(metrics, "gateway_sink_failed_total") == 1
+
+
+async def test_a_cancelled_drain_leaves_a_half_written_batch_for_the_bus_to_redeliver() -> None:
+    name = "batches-drain"
+    bus = MemoryBus(metrics=None)
+    bus.create_topic(name)
+    bus.create_subscription(SubscriptionConfig(name=name, topic=name, ack_deadline=timedelta(milliseconds=30)))
+    batch = ReadingBatch(readings(3, "d1"))
+    await bus.publish(name, [OutgoingMessage(batch, 300, "d1")])
+    first_sink = FakeSink(script=[WriteResult(accepted=[0], retry=[1, 2], reason="slow")])
+    first, _ = make_runner(
+        first_sink,
+        bus,
+        subscription=name,
+        retry_min_backoff=timedelta(seconds=5),
+        retry_max_backoff=timedelta(seconds=5),
+    )
+    task = asyncio.create_task(first.run())
+    await wait_until(lambda: len(first_sink.calls) == 1)
+    await asyncio.wait_for(first.stop(timedelta(milliseconds=10)), 1)
+    await task
+    assert bus.stats(name).acked == 0 and not first._parts
+    second_sink = FakeSink()
+    second, _ = make_runner(second_sink, bus, subscription=name)
+    async with running(second):
+        await wait_until(lambda: bus.stats(name).acked == 1)
+    assert second_sink.calls == [batch.readings]
+    await bus.close()
