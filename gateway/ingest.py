@@ -33,13 +33,25 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 
+READING_MEMORY = 600
+"""Bytes a decoded `Reading` holds beyond its share of the payload (objects, dicts, strings),
+measured with tracemalloc for readings of 6 fields and 2 tags: about 760 bytes each, of
+which 150 are payload."""
+
+
 def telemetry_messages(readings: list[Reading], payload_size: int) -> list[OutgoingMessage]:
     """The bus messages of one publish's readings: one per run of readings of the same device
-    (a `ReadingBatch` when the run has several), sized by their share of the payload."""
+    (a `ReadingBatch` when the run has several).
+
+    A message's `size` (what the subscriptions' `max_outstanding_bytes` and `batch.max_bytes`
+    count) estimates the memory its readings hold: their share of the payload plus
+    `READING_MEMORY` each. So those limits bound memory and write sizes alike whether devices
+    publish one reading or a thousand per message.
+    """
     if len(readings) == 1:
         r = readings[0]
-        return [OutgoingMessage(r, max(1, payload_size), r.device_id)]
-    per_reading = max(1, payload_size // len(readings))
+        return [OutgoingMessage(r, payload_size + READING_MEMORY, r.device_id)]
+    per_reading = payload_size // len(readings) + READING_MEMORY
     device = readings[0].device_id
     if all(r.device_id == device for r in readings):
         return [OutgoingMessage(ReadingBatch(readings), per_reading * len(readings), device)]

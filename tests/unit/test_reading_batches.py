@@ -20,7 +20,7 @@ from gateway.bus.memory import MemoryBus
 from gateway.core.bus import OutgoingMessage, SubscriptionConfig
 from gateway.core.message import DeadLetter, Reading, ReadingBatch, dead_letter_for
 from gateway.core.sink import WriteResult
-from gateway.ingest import telemetry_messages
+from gateway.ingest import READING_MEMORY, telemetry_messages
 from tests.unit.test_sink_runner import MS, FakeBus, FakeSink, make_runner, readings, running, value, wait_until
 
 
@@ -34,14 +34,14 @@ def reading(device: str, i: int, **fields: Any) -> Reading:
 def test_one_reading_stays_a_plain_reading_message() -> None:
     r = reading("d1", 0)
     [m] = telemetry_messages([r], 120)
-    assert m.data is r and m.size == 120 and m.ordering_key == "d1"
+    assert m.data is r and m.size == 120 + READING_MEMORY and m.ordering_key == "d1"
 
 
 def test_readings_of_one_device_become_one_batch_message_of_the_payload_size() -> None:
     rs = [reading("d1", i) for i in range(50)]
     [m] = telemetry_messages(rs, 5_000)
     assert isinstance(m.data, ReadingBatch) and m.data.readings == rs
-    assert m.size == 5_000 and m.ordering_key == "d1"
+    assert m.size == 5_000 + 50 * READING_MEMORY and m.ordering_key == "d1"
 
 
 def test_mixed_devices_are_cut_into_runs_in_publish_order() -> None:
@@ -50,7 +50,7 @@ def test_mixed_devices_are_cut_into_runs_in_publish_order() -> None:
     assert [m.ordering_key for m in out] == ["a", "b", "a"]
     assert isinstance(out[0].data, ReadingBatch) and out[0].data.readings == rs[:2]
     assert out[1].data is rs[2] and out[2].data is rs[3]
-    assert [m.size for m in out] == [200, 100, 100]
+    assert [m.size for m in out] == [200 + 2 * READING_MEMORY, 100 + READING_MEMORY, 100 + READING_MEMORY]
 
 
 # -- the codec ----------------------------------------------------------------------------------
