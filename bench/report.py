@@ -131,7 +131,7 @@ def targets(results: Sequence[RunResult], latency_run: str, memory_runs: tuple[s
             note = f"whole run including the first {WARMUP_S:.0f} s: {whole}"
             out.append(Target(name, measured, paced.p99_steady_ms <= 250, note))
     short, long = (find(results, "gateway", m) for m in memory_runs)
-    name = f"memory flat between short and long runs (peak RSS within +{(MEMORY_TOLERANCE - 1) * 100:.0f} %)"
+    name = f"memory flat between a paced run and one 5x as long (peak RSS within +{(MEMORY_TOLERANCE - 1) * 100:.0f} %)"
     if short is None or long is None or short.peak_rss_mib is None or long.peak_rss_mib is None:
         out.append(Target(name, "not run", None))
     else:
