@@ -69,7 +69,7 @@ def workloads(quick: bool, count: int | None, names: list[str]) -> dict[str, Wor
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"1/{QUICK_DIVISOR} of the full counts, 2 rounds")
-    p.add_argument("--rounds", type=int, help="rounds (default 3; 2 with --quick)")
+    p.add_argument("--rounds", type=int, help="rounds (default 5; 2 with --quick)")
     p.add_argument("--count", type=int, help="messages per workload (overrides the defaults)")
     p.add_argument("--workloads", default=",".join(FULL_COUNTS), help=f"subset of {','.join(FULL_COUNTS)}")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)} (memory first)")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown workloads or variants: {unknown}")
     if report.BASE not in variants:
         p.error("the memory variant is the baseline of every ratio: keep it")
-    rounds = a.rounds or (2 if a.quick else 3)
+    rounds = a.rounds or (2 if a.quick else 5)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     started = time.monotonic()
 
