@@ -17,9 +17,9 @@ values of other types. Not checked: InfluxDB's naming conventions (keys starting
 a field named `time`); the server decides about those.
 
 `encode_lines` (what sinks use) leaves out, with the reason, each item that cannot be
-encoded, including text with lone surrogates (not UTF-8), and keeps the rest.
-`parse_line` accepts exactly the encoder's grammar: `parse_line(encode_reading(r))` gives
-back the reading's parts.
+encoded, including text with lone surrogates (not UTF-8), and keeps the rest. Its output
+equals `encode_reading`'s line by line (readings in a row with equal tags share one head).
+`gateway.sinks.lineprotocol_parse.parse_line` reads the grammar back.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from gateway.core.message import FieldValue, Reading
+from gateway.core.message import Reading
 
 Precision = Literal["ns", "us", "ms", "s"]
 
 _DIVISOR: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 _MEASUREMENT_TABLE = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\"})
 _KEY_TABLE = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\"})
@@ -100,7 +100,7 @@ def _field_value(key: str, value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
+        if not INT64_MIN <= value <= INT64_MAX:
             raise LineProtocolError(f"field {key!r} = {value} does not fit in a 64-bit integer")
         return f"{int(value)}i"
     if isinstance(value, float):
@@ -127,15 +127,20 @@ def _head(measurement: str, tags: dict[str, str]) -> str:
     return "".join(parts)
 
 
+def _cached_head(measurement: str, tags: dict[str, str]) -> str:
+    key = (measurement, tuple(tags.items()))
+    head = _head_cache.get(key)
+    if head is None:
+        head = _head(measurement, tags)
+        if len(_head_cache) < _CACHE_LIMIT:
+            _head_cache[key] = head
+    return head
+
+
 def encode_reading(r: Reading, precision: Precision = "ns") -> str:
     """One line (without a trailing newline) for `r`; raises `LineProtocolError`."""
     try:
-        head_key = (r.measurement, tuple(r.tags.items()))
-        head = _head_cache.get(head_key)
-        if head is None:
-            head = _head(r.measurement, r.tags)
-            if len(_head_cache) < _CACHE_LIMIT:
-                _head_cache[head_key] = head
+        head = _cached_head(r.measurement, r.tags)
         fields = r.fields
         if not fields:
             raise LineProtocolError(f"reading of measurement {r.measurement!r} has no fields")
@@ -149,7 +154,7 @@ def encode_reading(r: Reading, precision: Precision = "ns") -> str:
                     _prefix_cache[key] = prefix
             if type(value) is float and value - value == 0.0:  # finite: inf - inf and nan - nan are nan
                 line += sep + prefix + repr(value)
-            elif type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+            elif type(value) is int and INT64_MIN <= value <= INT64_MAX:
                 line += f"{sep}{prefix}{value}i"
             else:
                 line += sep + prefix + _field_value(key, value)
@@ -181,7 +186,37 @@ def encode_lines(items: Sequence[object], precision: Precision = "ns") -> tuple[
     lines: list[str] = []
     good: list[int] = []
     rejected: dict[int, str] = {}
+    divisor = _DIVISOR[precision]
+    last_tags: object = None
+    last_measurement = ""
+    head = ""
     for i, item in enumerate(items):
+        try:  # the hot path, inlined: any doubt and encode_reading decides (and words the error)
+            if type(item) is not Reading or not item.fields or type(item.time_ns) is not int:
+                raise LineProtocolError
+            tags = item.tags
+            if tags != last_tags or item.measurement != last_measurement:
+                head = _cached_head(item.measurement, tags)
+                last_tags, last_measurement = tags, item.measurement
+            parts = [head]
+            sep = " "
+            for key, value in item.fields.items():
+                prefix = _prefix_cache.get(key)
+                if prefix is None:
+                    raise LineProtocolError
+                if type(value) is float and value - value == 0.0:
+                    parts.append(f"{sep}{prefix}{value!r}")
+                elif type(value) is int and INT64_MIN <= value <= INT64_MAX:
+                    parts.append(f"{sep}{prefix}{value}i")
+                else:
+                    parts.append(sep + prefix + _field_value(key, value))
+                sep = ","
+            parts.append(f" {item.time_ns // divisor}")
+            lines.append("".join(parts))
+            good.append(i)
+            continue
+        except (LineProtocolError, TypeError, AttributeError, ValueError):
+            last_tags = None
         if not isinstance(item, Reading):
             rejected[i] = f"not a Reading but a {type(item).__name__}"
             continue
@@ -204,93 +239,3 @@ def encode_lines(items: Sequence[object], precision: Precision = "ns") -> tuple[
             else:
                 kept_indices.append(i)
         return b"\n".join(kept), kept_indices, rejected
-
-
-def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, FieldValue], int]:
-    """Parse one line of the encoder's grammar: (measurement, tags, fields, timestamp).
-
-    Strict: any deviation (unknown escape, missing timestamp, duplicate key, empty tag value,
-    NaN, other boolean spellings, unsigned `u` integers) raises `LineProtocolError`.
-    """
-    if "\n" in line or "\r" in line:
-        raise LineProtocolError("a line cannot contain a newline")
-    measurement, i = _scan(line, 0, ", ", ", \\", "measurement")
-    if not measurement or measurement[0] == "#":
-        raise LineProtocolError(f"bad measurement {measurement!r}")
-    tags: dict[str, str] = {}
-    while i < len(line) and line[i] == ",":
-        key, i = _scan(line, i + 1, ",= ", ",= \\", "tag key")
-        _expect(line, i, "=", "tag key")
-        value, i = _scan(line, i + 1, ",= ", ",= \\", "tag value")
-        if not key or not value or key in tags:
-            raise LineProtocolError(f"bad tag {key!r}={value!r}")
-        tags[key] = value
-    _expect(line, i, " ", "tag set")
-    fields: dict[str, FieldValue] = {}
-    while True:
-        key, i = _scan(line, i + 1, ",= ", ",= \\", "field key")
-        _expect(line, i, "=", "field key")
-        if not key or key in fields:
-            raise LineProtocolError(f"bad field key {key!r}")
-        fields[key], i = _field(line, i + 1, key)
-        if i < len(line) and line[i] == ",":
-            continue
-        _expect(line, i, " ", "field set")
-        break
-    stamp = line[i + 1 :]
-    if not re.fullmatch(r"-?[0-9]+", stamp):
-        raise LineProtocolError(f"bad timestamp {stamp!r}")
-    return measurement, tags, fields, int(stamp)
-
-
-def _expect(line: str, i: int, char: str, after: str) -> None:
-    if i >= len(line) or line[i] != char:
-        found = repr(line[i]) if i < len(line) else "end of line"
-        raise LineProtocolError(f"expected {char!r} after {after} at column {i}, found {found}")
-
-
-def _scan(line: str, i: int, stops: str, escapable: str, part: str) -> tuple[str, int]:
-    out: list[str] = []
-    n = len(line)
-    while i < n:
-        c = line[i]
-        if c == "\\":
-            if i + 1 < n and line[i + 1] in escapable:
-                out.append(line[i + 1])
-                i += 2
-                continue
-            raise LineProtocolError(f"{part}: invalid escape at column {i}")
-        if c in stops:
-            break
-        out.append(c)
-        i += 1
-    return "".join(out), i
-
-
-_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_INT = re.compile(r"-?[0-9]+i")
-
-
-def _field(line: str, i: int, key: str) -> tuple[FieldValue, int]:
-    if i < len(line) and line[i] == '"':
-        value, i = _scan(line, i + 1, '"', '"\\', f"string value of field {key!r}")
-        _expect(line, i, '"', f"string value of field {key!r}")
-        return value, i + 1
-    end = i
-    while end < len(line) and line[end] not in ", ":
-        end += 1
-    token = line[i:end]
-    if token == "true":
-        return True, end
-    if token == "false":
-        return False, end
-    if _INT.fullmatch(token):
-        number = int(token[:-1])
-        if not _INT64_MIN <= number <= _INT64_MAX:
-            raise LineProtocolError(f"field {key!r}: integer {token} out of range")
-        return number, end
-    if _FLOAT.fullmatch(token):
-        value_f = float(token)
-        if math.isfinite(value_f):
-            return value_f, end
-    raise LineProtocolError(f"field {key!r}: bad value {token!r}")

@@ -3,6 +3,7 @@ and the round trip through the strict parser."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.message import FieldValue, Reading
-from gateway.sinks.lineprotocol import LineProtocolError, encode_batch, encode_lines, encode_reading, parse_line
+from gateway.sinks.lineprotocol import LineProtocolError, Precision, encode_batch, encode_lines, encode_reading
+from gateway.sinks.lineprotocol_parse import parse_line
 
 T = 1_700_000_000_123_456_789
 
@@ -296,3 +298,50 @@ def test_round_trip_property(
     line = encode_reading(Reading(measurement, "d", tags, fields, time_ns))
     assert "\n" not in line
     assert parse_line(line) == (measurement, tags, fields, time_ns)
+
+
+# mostly valid, so that runs of encodable readings (sharing heads) are common; some of each fault
+_pool_measurement = st.sampled_from(["env", "power", "env 2"] * 3 + ["#bad", ""])
+_pool_tags = st.sampled_from([{"device_id": "d1"}, {"device_id": "d1", "site": "s 1"}, {}] * 3 + [{"d": "\n"}])
+_valid_fields = st.dictionaries(st.sampled_from(["t", "h", "fw", "bad key"]), _value, min_size=1, max_size=4)
+_faulty_fields = st.sampled_from([{}, {"": 1.0}, {"new\nkey": 1}, {"v": float("inf")}, {"v": 2**64}])
+_pool_fields = st.one_of(_valid_fields, _valid_fields, _valid_fields, _faulty_fields)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.one_of(
+            st.builds(
+                Reading,
+                _pool_measurement,
+                st.just("d1"),
+                _pool_tags,
+                _pool_fields,
+                st.one_of(st.integers(min_value=0, max_value=2**62), st.just("1")),
+            ),
+            st.just("not a reading"),
+        ),
+        max_size=12,
+    ),
+    precision=st.sampled_from(["ns", "us", "ms", "s"]),
+)
+def test_encode_lines_equals_encode_reading_item_by_item(rows: list[object], precision: Precision) -> None:
+    """The inlined loop of `encode_lines` (shared heads, cached prefixes) against its definition."""
+    expected_lines, expected_good = [], []
+    for i, item in enumerate(rows):
+        with contextlib.suppress(LineProtocolError, AttributeError):
+            if isinstance(item, Reading):
+                expected_lines.append(encode_reading(item, precision))
+                expected_good.append(i)
+    body, good, rejected = encode_lines(rows, precision)
+    assert body == "\n".join(expected_lines).encode() and good == expected_good
+    assert sorted([*good, *rejected]) == list(range(len(rows)))
+
+
+def test_readings_in_a_row_with_equal_tags_keep_their_own_measurement() -> None:
+    tags = {"device_id": "d1"}
+    rows = [Reading(m, "d1", dict(tags), {"t": 1.5}, i) for i, m in enumerate(["env", "env", "power", "env"])]
+    for _ in range(2):  # the second time with every name cached
+        body, _, _ = encode_lines(rows)
+        assert body.decode().splitlines() == [encode_reading(r) for r in rows]
