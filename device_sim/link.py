@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from device_sim.wire import (
     packet_id,
     publish_head,
 )
+
+log = logging.getLogger(__name__)
 
 
 class LinkError(Exception):
@@ -65,6 +68,7 @@ class MqttLink(asyncio.Protocol):
         self._reader = PacketReader()
         self._transport: asyncio.Transport | None = None
         self._connack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._lost = asyncio.Event()  # connection_lost was called: everything written has left
         self._inflight: dict[int, float] = {}
         self._next_pid = 0
         self._room = asyncio.Event()
@@ -158,17 +162,29 @@ class MqttLink(asyncio.Protocol):
         self._corked.clear()
 
     async def close(self, drain_timeout_s: float) -> None:
-        """Wait up to `drain_timeout_s` for outstanding PUBACKs, then DISCONNECT and close.
+        """Wait up to `drain_timeout_s` for outstanding PUBACKs, then DISCONNECT and close, and
+        wait up to `drain_timeout_s` again for the transport to hand its buffer to the kernel.
 
-        Publishes still unacknowledged then count as failed."""
+        Publishes still unacknowledged then count as failed. Without that last wait a QoS 0
+        run against a broker that reads slowly lost what asyncio still buffered when the
+        process ended, though it had counted it as sent."""
         if not self.closed and self._inflight:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout_s):
                     await self._idle.wait()
         self._flush()
-        if self._transport is not None and not self.closed:
-            self._transport.write(DISCONNECT_PACKET)
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and not self.closed:
+            transport.write(DISCONNECT_PACKET)
+            transport.close()
+            self._shutdown()
+            try:
+                async with asyncio.timeout(max(drain_timeout_s, 0.001)):
+                    await self._lost.wait()
+            except TimeoutError:
+                if unsent := transport.get_write_buffer_size():
+                    log.warning("%d bytes still unsent after %.1f s: connection aborted", unsent, drain_timeout_s)
+                transport.abort()
         self._shutdown()
 
     def abort(self) -> None:
@@ -228,6 +244,7 @@ class MqttLink(asyncio.Protocol):
         self._writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost.set()
         if not self._connack.done():
             self._connack.set_exception(ConnectionError(str(exc) if exc else "connection closed by the broker"))
         self._transport = None
