@@ -220,6 +220,8 @@ class ClientIngress:
 
     async def _consume(self, client: aiomqtt.Client, queue: deque[Incoming], handler: StagedBatchHandler) -> None:
         disconnected: asyncio.Future[None] = client._disconnected
+        # retrieved here too: a connection lost after this loop returned (stopping) is not an unhandled error
+        disconnected.add_done_callback(lambda f: f.cancelled() or f.exception())
         loop = asyncio.get_running_loop()
         flow = self._flow = BatchFlow(handler, self.pipeline_depth, self._received, client._client)
         pipe = flow.pipe
