@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -191,3 +192,38 @@ async def test_a_cancelled_drain_leaves_a_half_written_batch_for_the_bus_to_rede
         await wait_until(lambda: bus.stats(name).acked == 1)
     assert second_sink.calls == [batch.readings]
     await bus.close()
+
+
+# -- the durable bus ----------------------------------------------------------------------------
+
+
+async def test_batches_paged_to_disk_and_recovered_after_a_restart_come_back_equal(tmp_path: Path) -> None:
+    from gateway.bus.sqlite import SQLiteBus, SQLiteBusConfig
+    from gateway.core.bus import BatchPolicy
+
+    config = SubscriptionConfig(
+        name="tsdb", topic="telemetry", max_outstanding_messages=3, batch=BatchPolicy(max_latency=timedelta(0))
+    )
+    batches = [ReadingBatch([reading(f"d{k}", i, t=k + i / 10) for i in range(5)]) for k in range(10)]
+
+    async def opened() -> SQLiteBus:
+        bus = SQLiteBus(SQLiteBusConfig(synchronous="normal"), tmp_path, None)
+        await bus.open()
+        bus.create_topic("telemetry")
+        bus.create_subscription(config)
+        return bus
+
+    bus = await opened()
+    await bus.publish("telemetry", [OutgoingMessage(b, 500, b.readings[0].device_id) for b in batches])
+    first = await asyncio.wait_for(bus.pull("tsdb"), 1)  # the window: 3 of 10; the rest waits on disk
+    bus.ack("tsdb", [first[0].ack_id])
+    await bus.close()
+
+    bus = await opened()
+    got: list[Any] = []
+    while len(got) < 9:
+        pulled = await asyncio.wait_for(bus.pull("tsdb"), 1)
+        bus.ack("tsdb", [m.ack_id for m in pulled])
+        got += [m.data for m in pulled]
+    await bus.close()
+    assert got == batches[1:] and all(type(b) is ReadingBatch for b in got)
