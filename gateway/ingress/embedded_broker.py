@@ -19,6 +19,11 @@ stops after a message with an invalid topic. Then, for the batch:
    taken only if the hand-over returned True, so a failed batch is not acknowledged at all;
 4. each permitted message is forwarded to subscribed devices and retained as amqtt does.
 
+A disconnect does not drop what the connection had queued: the loop hands it over after
+amqtt's, and until it has, the session is kept from amqtt's session expiry (a pass every
+second that clears the queues of disconnected clean or anonymous sessions) and from being
+deleted by a new connection with the same client id (which takes the id at once).
+
 Backpressure: a batch counts against `Intake.max_queued` until it is settled (the gate
 waits while queued + held reaches it), then the gate is signalled. The gate runs in the
 connection's reader before a publish is queued: `gateway.ingress.amqtt_reader.read_loop`
@@ -43,6 +48,7 @@ from gateway.security.broker_auth import BrokerSecurity
 
 _SPACE_KEY = "gateway.ingress.space"  # per-session asyncio.Event: the session's queue has room again
 _HELD_KEY = "gateway.ingress.held"  # per-session int: publishes taken from the queue and not yet settled
+_DRAINING_KEY = "gateway.ingress.draining"  # per-session bool: its loop still hands over what was queued
 _MAX_BATCH_BYTES = 256 * 1024  # payload per hand-over: decoding a batch runs without yielding
 
 
@@ -135,12 +141,35 @@ class GatewayBroker(SecureBroker):
         would be lost, QoS 1 ones (not acknowledged) depend on the device resending. Here
         they are handed over too (unless the gateway is stopping): a QoS 1 one may then
         arrive twice, which the stores absorb (at least once)."""
-        await super()._client_message_loop(client_session, handler)
-        queue = client_session.delivered_message_queue
-        while not queue.empty() and not self._intake.closing:
-            first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            first.set_result(queue.get_nowait())
-            await self._handle_message_delivery(client_session, handler, first)
+        client_session.attributes[_DRAINING_KEY] = True
+        try:
+            await super()._client_message_loop(client_session, handler)
+            queue = client_session.delivered_message_queue
+            while not queue.empty() and not self._intake.closing:
+                first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                first.set_result(queue.get_nowait())
+                await self._handle_message_delivery(client_session, handler, first)
+        finally:
+            client_session.attributes[_DRAINING_KEY] = False
+
+    def _draining(self, client_id: str) -> Any:
+        """The session of `client_id` if its loop is still handing over its queue (not when stopping)."""
+        session = self._sessions.get(client_id, (None, None))[0]
+        if session is not None and session.attributes.get(_DRAINING_KEY) and not self._intake.closing:
+            return session
+        return None
+
+    async def _cleanup_session(self, client_id: str) -> None:
+        if self._draining(client_id) is None:  # else: a later expiry pass removes it
+            await super()._cleanup_session(client_id)
+
+    async def _delete_session(self, client_id: str) -> None:
+        session = self._draining(client_id)
+        if session is None:
+            await super()._delete_session(client_id)
+            return
+        self._sessions.pop(client_id, None)  # the new connection takes the id; this one's queue is still handed over
+        await self._del_all_subscriptions(session)
 
     def _take(self, session: Any, handler: Any, first: Any) -> list[Any]:
         """`first` and the publishes queued behind it (see the module docstring). Does not yield."""

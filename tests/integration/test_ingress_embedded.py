@@ -16,6 +16,9 @@ from gateway.core.metrics import Metrics
 from gateway.ingress.base import IngressError, MessageHandler
 from gateway.ingress.config import EmbeddedIngressConfig
 from gateway.ingress.embedded import EmbeddedIngress
+from tests.mqtt_bytes import connect as _connect
+from tests.mqtt_bytes import packet as _packet
+from tests.mqtt_bytes import publish as _publish
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -139,26 +142,12 @@ async def test_slow_handler_nothing_is_acknowledged_before_the_handler_took_it()
     assert len(got) <= limit + 3, "the gate stopped reading the connection while the handler was blocked"
 
 
-def _packet(first: int, body: bytes) -> bytes:
-    assert len(body) < 128
-    return bytes([first, len(body)]) + body
-
-
-def _connect(client_id: str) -> bytes:
-    return _packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id.encode())
-
-
 def _offsets(replies: bytes) -> list[int]:
     offsets, i = [], 0
     while i < len(replies):
         offsets.append(i)
         i += 2 + replies[i + 1]
     return offsets
-
-
-def _publish(topic: str, payload: bytes, qos: int, packet_id: int) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic.encode() + (packet_id.to_bytes(2, "big") if qos else b"") + payload
-    return _packet(0x30 | qos << 1, body)
 
 
 async def test_raw_packets_split_or_packed_any_way_are_read_and_acknowledged_in_order() -> None:
