@@ -110,9 +110,12 @@ class GatewayBroker(SecureBroker):
                 server.instance.close()
 
     def queued(self) -> int:
-        """Publishes read from connected devices and not yet taken for the handler."""
+        """Publishes read from devices (connected, or disconnected with their queue still being handed
+        over) and not yet taken for the handler."""
         return sum(
-            s.delivered_message_queue.qsize() for s, _ in self._sessions.values() if s.transitions.state == "connected"
+            s.delivered_message_queue.qsize()
+            for s, _ in self._sessions.values()
+            if s.transitions.state == "connected" or s.attributes.get(_DRAINING_KEY)
         )
 
     async def _initialize_client_session(
@@ -139,13 +142,14 @@ class GatewayBroker(SecureBroker):
 
         amqtt ends the loop at a disconnect and drops the publishes still queued: QoS 0 ones
         would be lost, QoS 1 ones (not acknowledged) depend on the device resending. Here
-        they are handed over too (unless the gateway is stopping): a QoS 1 one may then
-        arrive twice, which the stores absorb (at least once)."""
+        they are handed over too (also while the ingress drains at stop; once it no longer
+        accepts, they are refused and counted as left): a QoS 1 one may then arrive twice,
+        which the stores absorb (at least once)."""
         client_session.attributes[_DRAINING_KEY] = True
         try:
             await super()._client_message_loop(client_session, handler)
             queue = client_session.delivered_message_queue
-            while not queue.empty() and not self._intake.closing:
+            while not queue.empty():  # after the ingress stopped accepting, hand_over refuses them fast
                 first: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 first.set_result(queue.get_nowait())
                 await self._handle_message_delivery(client_session, handler, first)
