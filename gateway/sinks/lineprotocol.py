@@ -29,7 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from gateway.core.message import Reading
+from gateway.core.message import FieldValue, Reading
 
 Precision = Literal["ns", "us", "ms", "s"]
 
@@ -137,34 +137,39 @@ def _cached_head(measurement: str, tags: dict[str, str]) -> str:
     return head
 
 
+def _field_set(fields: dict[str, FieldValue]) -> str:
+    """` k=v,k2=v2` (with its leading space) for non-empty `fields`; raises `LineProtocolError`."""
+    parts = []
+    sep = " "
+    for key, value in fields.items():
+        prefix = _prefix_cache.get(key)
+        if prefix is None:
+            prefix = _escape_key(key, "field key") + "="
+            if len(_prefix_cache) < _CACHE_LIMIT:
+                _prefix_cache[key] = prefix
+        if type(value) is float and value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+            parts.append(f"{sep}{prefix}{value!r}")
+        elif type(value) is int and INT64_MIN <= value <= INT64_MAX:
+            parts.append(f"{sep}{prefix}{value}i")
+        else:
+            parts.append(sep + prefix + _field_value(key, value))
+        sep = ","
+    return "".join(parts)
+
+
 def encode_reading(r: Reading, precision: Precision = "ns") -> str:
     """One line (without a trailing newline) for `r`; raises `LineProtocolError`."""
     try:
         head = _cached_head(r.measurement, r.tags)
-        fields = r.fields
-        if not fields:
+        if not r.fields:
             raise LineProtocolError(f"reading of measurement {r.measurement!r} has no fields")
-        line = head
-        sep = " "
-        for key, value in fields.items():
-            prefix = _prefix_cache.get(key)
-            if prefix is None:
-                prefix = _escape_key(key, "field key") + "="
-                if len(_prefix_cache) < _CACHE_LIMIT:
-                    _prefix_cache[key] = prefix
-            if type(value) is float and value - value == 0.0:  # finite: inf - inf and nan - nan are nan
-                line += sep + prefix + repr(value)
-            elif type(value) is int and INT64_MIN <= value <= INT64_MAX:
-                line += f"{sep}{prefix}{value}i"
-            else:
-                line += sep + prefix + _field_value(key, value)
-            sep = ","
+        field_set = _field_set(r.fields)
         ts = r.time_ns if precision == "ns" else r.time_ns // _DIVISOR[precision]
         if type(ts) is not int:
             raise LineProtocolError(f"time_ns {r.time_ns!r} is not an integer")
     except (TypeError, AttributeError) as exc:
         raise LineProtocolError(f"reading cannot be encoded: {exc}") from exc
-    return f"{line} {ts}"
+    return f"{head}{field_set} {ts}"
 
 
 def encode_batch(readings: Sequence[Reading], precision: Precision = "ns") -> bytes:
@@ -191,28 +196,14 @@ def encode_lines(items: Sequence[object], precision: Precision = "ns") -> tuple[
     last_measurement = ""
     head = ""
     for i, item in enumerate(items):
-        try:  # the hot path, inlined: any doubt and encode_reading decides (and words the error)
+        try:  # the hot path: any doubt and encode_reading decides (and words the error)
             if type(item) is not Reading or not item.fields or type(item.time_ns) is not int:
                 raise LineProtocolError
             tags = item.tags
             if tags != last_tags or item.measurement != last_measurement:
                 head = _cached_head(item.measurement, tags)
                 last_tags, last_measurement = tags, item.measurement
-            parts = [head]
-            sep = " "
-            for key, value in item.fields.items():
-                prefix = _prefix_cache.get(key)
-                if prefix is None:
-                    raise LineProtocolError
-                if type(value) is float and value - value == 0.0:
-                    parts.append(f"{sep}{prefix}{value!r}")
-                elif type(value) is int and INT64_MIN <= value <= INT64_MAX:
-                    parts.append(f"{sep}{prefix}{value}i")
-                else:
-                    parts.append(sep + prefix + _field_value(key, value))
-                sep = ","
-            parts.append(f" {item.time_ns // divisor}")
-            lines.append("".join(parts))
+            lines.append(f"{head}{_field_set(item.fields)} {item.time_ns // divisor}")
             good.append(i)
             continue
         except (LineProtocolError, TypeError, AttributeError, ValueError):
