@@ -174,18 +174,19 @@ class MqttLink(asyncio.Protocol):
                     await self._idle.wait()
         self._flush()
         transport = self._transport
-        if transport is not None and not self.closed:
-            transport.write(DISCONNECT_PACKET)
-            transport.close()
+        if transport is None or self.closed:
             self._shutdown()
-            try:
-                async with asyncio.timeout(max(drain_timeout_s, 0.001)):
-                    await self._lost.wait()
-            except TimeoutError:
-                if unsent := transport.get_write_buffer_size():
-                    log.warning("%d bytes still unsent after %.1f s: connection aborted", unsent, drain_timeout_s)
-                transport.abort()
+            return
+        transport.write(DISCONNECT_PACKET)
+        transport.close()
         self._shutdown()
+        try:
+            async with asyncio.timeout(max(drain_timeout_s, 0.001)):
+                await self._lost.wait()
+        except TimeoutError:
+            if unsent := transport.get_write_buffer_size():
+                log.warning("%d bytes still unsent after %.1f s: connection aborted", unsent, drain_timeout_s)
+            transport.abort()
 
     def abort(self) -> None:
         if self._transport is not None:

@@ -52,9 +52,6 @@ def telemetry_messages(readings: list[Reading], payload_size: int) -> list[Outgo
         r = readings[0]
         return [OutgoingMessage(r, payload_size + READING_MEMORY, r.device_id)]
     per_reading = payload_size // len(readings) + READING_MEMORY
-    device = readings[0].device_id
-    if all(r.device_id == device for r in readings):
-        return [OutgoingMessage(ReadingBatch(readings), per_reading * len(readings), device)]
     out: list[OutgoingMessage] = []
     for device, run in groupby(readings, key=attrgetter("device_id")):
         group = list(run)
