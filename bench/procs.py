@@ -101,6 +101,7 @@ class Sim:
         self.summary = wd / "sim.json"
         self.proc = start_process(w.sim_command(port, prefix, self.summary), wd / "sim.log", subprocess.DEVNULL)
         self.w = w
+        self.started_ns: int | None = None  # wall clock of its first publish, known after `finish`
 
     def finish(self, timeout: float) -> float | None:
         """Wait for the simulator; its achieved msg/s, or None if it failed."""
@@ -113,6 +114,7 @@ class Sim:
         if code != 0 or not self.summary.exists():
             return None
         summary = orjson.loads(self.summary.read_bytes())
+        self.started_ns = int(summary["started_ns"])
         return float(summary["achieved_rate"])
 
 

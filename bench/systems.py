@@ -3,9 +3,9 @@ here starts its consumer, runs `device-sim`, waits for the end, verifies the cou
 returns a `RunResult`.
 
 Timing: receive-only consumers (mosquitto_sub, the aiomqtt counter) are timed from the first
-to the last message they received; the gateway and the bridge from the first message received
-to the moment every reading was acknowledged by the store (the gateway's
-`gateway_sink_written_total`, polled every 0.1 s; the bridge's success callbacks). `stored`
+to the last message they received; the gateway and the bridge from the simulator's first
+publish (its summary's `started_ns`) to the moment every reading was acknowledged by the store
+(the gateway's `gateway_sink_written_total`, polled every 0.1 s; the bridge's success callbacks). `stored`
 is then counted in the store itself (VictoriaMetrics export or SQLite rows), never assumed.
 A run that does not reach its count within its time limit is returned with `ok=False`.
 """
@@ -138,7 +138,7 @@ def run_bridge(env: Env, w: Workload) -> RunResult:
     result = orjson.loads(out) if out else {"received": 0, "first_ns": 0, "done_ns": 0}
     stored = env.victoria.wait_for_count(vm_match(prefix), w.readings, timeout=30)
     ok = code == 0 and stored == w.readings
-    seconds = (result["done_ns"] - result["first_ns"]) / 1e9
+    seconds = (result["done_ns"] - (sim.started_ns or result["first_ns"])) / 1e9  # timed as the gateway
     return RunResult(
         "bridge",
         w.name,

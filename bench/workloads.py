@@ -2,7 +2,9 @@
 
 Every workload is a fixed number of messages from `device-sim` in its multiplexed mode
 (`--connections`), with a fixed `--seed`, published as fast as the simulator can (its nominal
-`--total-rate` is set far above what any consumer here reaches). Timestamps are the
+`--total-rate` is set far above what any consumer here reaches), generated before the clock
+starts (`--preload`), so that generating does not take CPU from the system under test. The
+paced runs generate on the way (2 s ahead), as a fleet would. Timestamps are the
 simulator's due times from the moment it starts (current time), so VictoriaMetrics keeps them.
 
 Timestamp spacing (VictoriaMetrics runs with `-dedup.minScrapeInterval=1ms`): the nominal
@@ -95,6 +97,7 @@ class Workload:
             str(summary),
             "--drain-timeout",
             "120s",
+            *(() if self.paced else ("--preload",)),
         ]
 
     def describe(self) -> str:

@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--processes", metavar="P", type=int, default=1, help="fan the load mode out over P processes")
     load.add_argument(
+        "--preload",
+        action="store_true",
+        help="generate (pre-serialise) the run's messages before the clock starts, up to 1,000,000"
+        " messages or 256 MiB, so that a flat-out run spends its CPU on sending; the start waits for it",
+    )
+    load.add_argument(
         "--inflight",
         metavar="N",
         type=int,
@@ -227,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         "churn_fraction": args.churn_fraction,
         "connections": args.connections,
         "processes": args.processes,
+        "preload": args.preload,
         "inflight": args.inflight,
         "drain_timeout": args.drain_timeout,
         "connect_timeout": args.connect_timeout,

@@ -108,6 +108,7 @@ class SimConfig(BaseModel):
 
     connections: int | None = Field(None, ge=1)
     processes: int = Field(1, ge=1, le=64)
+    preload: bool = Field(False, description="Generate messages before the start (see device_sim.driver).")
     inflight: int = Field(1000, ge=1, le=65_000, description="Unacknowledged QoS 1 publishes per connection.")
     keepalive: Duration = timedelta(seconds=60)
     connect_timeout: Duration = timedelta(seconds=10)

@@ -1,13 +1,17 @@
 """The sending loop shared by both modes: pre-serialise, wait until due, hand to a transport.
 
-`drive` walks the fleet indices it is given in order. Messages are generated ahead of
-time into a bounded buffer (at most `PREFETCH_MESSAGES` messages, `PREFETCH_BYTES` bytes,
+`drive` walks the fleet indices of its `Prefetch` in order. Messages are generated ahead
+of time into a bounded buffer (at most `PREFETCH_MESSAGES` messages, `PREFETCH_BYTES` bytes,
 and `LEAD_S` seconds of schedule ahead), a chunk at a time (yielding to the event loop
 between chunks), while the loop would otherwise sleep; before the start it fills the
-buffer until the start time. Each message is handed over once `loop.time()` reaches
-`t0 + schedule.time_of(index)`; a loop that fell behind sends at once until it has caught
-up (no drift, no skipping). Every hand-over counts in `Stats.sent`, `readings` and, for a
-bad message, `bad_by_kind`; the transport then counts it as acknowledged or failed.
+buffer until the start time. `Prefetch.preload` (`--preload`) fills it further before the
+start, up to `PRELOAD_MESSAGES` / `PRELOAD_BYTES`, so that a flat-out run spends its CPU
+on sending, not on generating; the buffer then drains below the normal bounds first.
+
+Each message is handed over once `loop.time()` reaches `t0 + schedule.time_of(index)`; a
+loop that fell behind sends at once until it has caught up (no drift, no skipping). Every
+hand-over counts in `Stats.sent`, `readings` and, for a bad message, `bad_by_kind`; the
+transport then counts it as acknowledged or failed.
 
 Stops at the first of: the indices run out (count reached), the next message is due at or
 after `end_s` or `end_s` seconds have passed (duration reached; a sender that cannot keep
@@ -30,6 +34,8 @@ from device_sim.stats import Stats
 PREFETCH_MESSAGES = 50_000
 PREFETCH_BYTES = 64 * 1024 * 1024
 LEAD_S = 2.0
+PRELOAD_MESSAGES = 1_000_000
+PRELOAD_BYTES = 256 * 1024 * 1024
 CHUNK = 256
 _YIELD_EVERY = 64
 _LONG_SLEEP_S = 0.05
@@ -61,7 +67,7 @@ def churn_group(epoch: int, size: int, fraction: float) -> list[int]:
     return [(start + i) % size for i in range(take)]
 
 
-class _Prefetch:
+class Prefetch:
     """A bounded buffer of generated messages, filled in chunks."""
 
     def __init__(self, fleet: Fleet, indices: Iterator[int]) -> None:
@@ -77,6 +83,15 @@ class _Prefetch:
         if self.exhausted or len(self.buffer) >= PREFETCH_MESSAGES or self._bytes >= PREFETCH_BYTES:
             return False
         return not self.buffer or self._time_of(self.buffer[-1].index) < elapsed_s + LEAD_S
+
+    async def preload(self, stop: asyncio.Event) -> None:
+        """Fill up to `PRELOAD_MESSAGES` / `PRELOAD_BYTES` (or the end of the run), yielding
+        to the event loop between chunks; stops early when `stop` is set."""
+        while not self.exhausted and len(self.buffer) < PRELOAD_MESSAGES and self._bytes < PRELOAD_BYTES:
+            if stop.is_set():
+                return
+            self.fill()
+            await asyncio.sleep(0)
 
     def fill(self) -> None:
         message = self._fleet.message
@@ -98,17 +113,16 @@ class _Prefetch:
 
 async def drive(
     fleet: Fleet,
-    indices: Iterator[int],
+    prefetch: Prefetch,
     transport: Transport,
     stats: Stats,
     stop: asyncio.Event,
     t0: float,
     end_s: float | None,
 ) -> float:
-    """Send the messages of `indices` on schedule (message 0 due at loop time `t0`)."""
+    """Send the messages of `prefetch` on schedule (message 0 due at loop time `t0`)."""
     loop = asyncio.get_running_loop()
     time_of = fleet.schedule.time_of
-    prefetch = _Prefetch(fleet, indices)
     while loop.time() < t0 and prefetch.wants_more(0.0) and not stop.is_set():
         prefetch.fill()
         await asyncio.sleep(0)

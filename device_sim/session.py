@@ -5,8 +5,9 @@ runs a `Session` over the devices `range(p, devices, P)` and its own share of th
 connections. Every session of a run uses the same config and start time, so together they
 send exactly the messages one process would have sent (same bytes, same due times).
 
-Lifecycle: `open()` (connect; raises `SimError`), then `run(t0, start_ns, stop)` once,
-then `close()` (always; waits up to the drain timeout for acknowledgements).
+Lifecycle: `open()` (connect; raises `SimError`), then `prime(start_ns, stop)` (fix the
+timestamp base; with `--preload` also generate ahead) and `run(t0, stop)` once, then
+`close()` (always; waits up to the drain timeout for acknowledgements).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 
 from device_sim.config import SimConfig
 from device_sim.devices import DeviceTransport
-from device_sim.driver import drive
+from device_sim.driver import Prefetch, drive
 from device_sim.fleet import Fleet
 from device_sim.link import LinkError
 from device_sim.multiplexed import LoadTransport
@@ -43,6 +44,7 @@ class Session:
         else:
             self.transport = LoadTransport(config, self.fleet, devices, connections, stats)
         self.end = self.fleet.end_for_count(config.count) if config.count is not None else None
+        self._prefetch: Prefetch | None = None
 
     async def open(self) -> None:
         try:
@@ -50,18 +52,25 @@ class Session:
         except LinkError as exc:
             raise SimError(str(exc)) from None
 
-    async def run(self, t0: float, start_ns: int, stop: asyncio.Event) -> float:
-        """Send this share's messages, message 0 due at loop time `t0` and stamped `start_ns`.
+    async def prime(self, start_ns: int, stop: asyncio.Event) -> None:
+        """Stamp message 0 `start_ns`; with `config.preload`, generate ahead (see `Prefetch.preload`)."""
+        self.fleet.start_ns = start_ns
+        self._prefetch = Prefetch(self.fleet, self.fleet.indices(self.devices, self.end))
+        if self.config.preload:
+            await self._prefetch.preload(stop)
+
+    async def run(self, t0: float, stop: asyncio.Event) -> float:
+        """Send this share's messages, message 0 due at loop time `t0`; `prime` first.
 
         Returns the length of the sending phase in seconds."""
-        self.fleet.start_ns = start_ns
-        indices = self.fleet.indices(self.devices, self.end)
+        if self._prefetch is None:
+            raise RuntimeError("Session.run before Session.prime")
         churner = None
         if self.config.churn is not None:
             churner = asyncio.create_task(self._churn(t0, self.config.churn.total_seconds()))
         end_s = self.config.duration.total_seconds() if self.config.duration is not None else None
         try:
-            return await drive(self.fleet, indices, self.transport, self.stats, stop, t0, end_s)
+            return await drive(self.fleet, self._prefetch, self.transport, self.stats, stop, t0, end_s)
         finally:
             if churner is not None:
                 churner.cancel()

@@ -120,14 +120,16 @@ class Summary:
     """What a run did, as printed and as written by `--summary-json`.
 
     `duration_s` is the publishing phase (from the first due message until sending stopped,
-    not counting connecting or waiting for the last acknowledgements); `achieved_rate` is
-    `sent / duration_s`. Latencies are None for QoS 0 or when nothing was acknowledged.
+    not counting connecting or waiting for the last acknowledgements); `started_ns` is the
+    wall clock (epoch ns) at which that phase began; `achieved_rate` is `sent / duration_s`.
+    Latencies are None for QoS 0 or when nothing was acknowledged.
     """
 
     sent: int
     acknowledged: int
     failed: int
     duration_s: float
+    started_ns: int
     achieved_rate: float
     latency_p50_ms: float | None
     latency_p99_ms: float | None
@@ -147,6 +149,7 @@ class Summary:
         stats: Stats,
         duration_s: float,
         *,
+        started_ns: int,
         qos: int,
         mode: str,
         devices: int,
@@ -161,6 +164,7 @@ class Summary:
             acknowledged=stats.acknowledged,
             failed=stats.failed,
             duration_s=round(duration_s, 3),
+            started_ns=started_ns,
             achieved_rate=round(stats.sent / duration_s, 1) if duration_s > 0 else 0.0,
             latency_p50_ms=None if p50 is None else round(p50 * 1e3, 3),
             latency_p99_ms=None if p99 is None else round(p99 * 1e3, 3),

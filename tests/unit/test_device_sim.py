@@ -3,6 +3,7 @@ fault kinds and their reject codes, determinism, pacing, anomalies, counting, wi
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import math
@@ -16,10 +17,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from device_sim import driver
 from device_sim.anomalies import THRESHOLD_C
 from device_sim.cli import build_parser, config_from_args, parse_broker
 from device_sim.config import BurstSpec, SimConfig
-from device_sim.driver import churn_group
+from device_sim.driver import Prefetch, churn_group
 from device_sim.faults import EXPECTED_REJECT, FAULT_KINDS, OVERSIZE_BYTES, FaultPlan
 from device_sim.fleet import Fleet, SimMessage
 from device_sim.pacing import Schedule
@@ -326,11 +328,13 @@ def test_stats_round_trip_and_summary() -> None:
     copy.merge(stats)
     assert (copy.sent, copy.acknowledged, copy.failed, copy.bad_by_kind) == (20, 18, 2, {"nan": 2})
     summary = Summary.build(
-        copy, 2.0, qos=1, mode="per-device", devices=3, connections=3, processes=1, interrupted=False
+        copy, 2.0, started_ns=1, qos=1, mode="per-device", devices=3, connections=3, processes=1, interrupted=False
     )
     assert summary.achieved_rate == 10.0 and summary.latency_p50_ms == pytest.approx(2.0, rel=0.011)
     assert "nan 2" in format_summary(summary)
-    qos0 = Summary.build(copy, 2.0, qos=0, mode="multiplexed", devices=3, connections=1, processes=1, interrupted=True)
+    qos0 = Summary.build(
+        copy, 2.0, started_ns=1, qos=0, mode="multiplexed", devices=3, connections=1, processes=1, interrupted=True
+    )
     assert qos0.latency_p99_ms is None and "(interrupted)" in format_summary(qos0)
     assert "errors       2" in format_status(1.0, 5.0, (20, 18, 2))
 
@@ -451,3 +455,22 @@ def test_cli_options_become_a_config(monkeypatch: pytest.MonkeyPatch) -> None:
     for option in ("--bad-ratio", "--connections", "--summary-json", "examples:", "device-sim --devices"):
         assert option in help_text.getvalue()
     assert math.isclose(config.device_rate, 20.0)
+
+
+async def test_preload_fills_to_the_end_of_the_run_or_to_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = fleet(devices=7, total_rate=1000, count=600)
+    whole = Prefetch(f, f.indices(range(7), f.end_for_count(600)))
+    await whole.preload(asyncio.Event())
+    assert whole.exhausted and len(whole.buffer) == 600
+    assert [m.index for m in whole.buffer] == sorted(m.index for m in whole.buffer)
+
+    monkeypatch.setattr(driver, "PRELOAD_MESSAGES", 300)
+    bounded = Prefetch(f, f.indices(range(7), f.end_for_count(600)))
+    await bounded.preload(asyncio.Event())
+    assert not bounded.exhausted and 300 <= len(bounded.buffer) < 300 + driver.CHUNK
+
+    stopped = asyncio.Event()
+    stopped.set()
+    idle = Prefetch(f, f.indices(range(7), f.end_for_count(600)))
+    await idle.preload(stopped)
+    assert not idle.buffer
