@@ -47,9 +47,9 @@ METHOD = [
     "(an empty bus.db) and its own device-id prefix.",
     "Interleaving: each round runs every workload once per backend, the backends' order rotated every round; "
     "the durable/memory ratio is paired within a round and summarised as the median (and range) over rounds.",
-    "Timing: from the first message the gateway received (gateway_messages_received_total, polled every 0.1 s) "
-    "to the sink's acknowledgement of the last reading (gateway_sink_written_total), never shorter than the "
-    "publisher's own duration (count / its achieved rate; a late first scrape would shorten it). The stored count "
+    "Timing: from the publisher's first publish (device-sim's started_ns; it generates the run before its "
+    "clock starts, --preload) to the sink's acknowledgement of the last reading (gateway_sink_written_total, "
+    "polled every 0.1 s). The stored count "
     "is then verified in the store (VictoriaMetrics export / SQLite rows); a run whose count differs fails.",
     "Gateway CPU: utime+stime of the gateway process (/proc/<pid>/stat) from the simulator's start to the last "
     "write, divided by the messages of the workload.",

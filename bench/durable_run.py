@@ -3,9 +3,8 @@ section replaced by one bus variant (memory, SQLite `synchronous: normal`, SQLit
 `synchronous: full`), driven by the simulator, observed through its /metrics and /proc.
 
 The run itself is the suite's (`bench.gateway_run.run_gateway`, with the config edited):
-from the first message the gateway received (`gateway_messages_received_total`, polled
-every 0.1 s) to the moment its sink had written every reading (`gateway_sink_written_total`),
-never shorter than the publisher's own duration; CPU time is the gateway's utime+stime over
+from the simulator's first publish to the moment the gateway's sink had written every
+reading (`gateway_sink_written_total`, polled every 0.1 s); CPU time is the gateway's utime+stime over
 that stretch; the stored count is verified in the store after the gateway stopped, and a run
 that stalls for 20 s, outlasts its time limit or stores a different count has `ok=False`.
 

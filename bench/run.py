@@ -44,11 +44,14 @@ MEMORY_LENGTH = 5  # the memory run is this many times as long as the latency ru
 WORKERS = (2, 4)  # `gateway run --workers N` on the client-mode workloads, beside the 1-process run
 METHOD = [
     "Load: device-sim in its multiplexed mode (8 connections; 2 processes for batches), fixed --count and "
-    "--seed, nominal rate far above every consumer's (flat out); the same workload for every system.",
+    "--seed, nominal rate far above every consumer's (flat out), generated before its clock starts (--preload); "
+    "the same workload for every system. The paced runs generate on the way.",
     "Receive-only ceilings (mosquitto_sub, aiomqtt counter, amqtt pub→sub) are timed from the first to the last "
-    "message received by the consumer; the gateway and the bridge from the first message received to the store's "
-    "acknowledgement of the last reading (gateway: gateway_sink_written_total polled every 0.1 s; bridge: "
-    "influxdb-client success callbacks).",
+    "message received by the consumer; the gateway and the bridge from the simulator's first publish (its "
+    "started_ns) to the store's acknowledgement of the last reading (gateway: gateway_sink_written_total polled "
+    "every 0.1 s; bridge: influxdb-client success callbacks). Until 2026-11-27 13:00 UTC the gateway was timed "
+    "from the first /metrics scrape that showed a received message, which busy workers answer late: that "
+    "overstated its rates, by up to 2x for batches.",
     "Stored counts are verified in the store after every run: VictoriaMetrics /api/v1/export of "
     "environment_temperature for the run's device-id prefix, or SQLite rows; a run whose count differs fails.",
     "Timestamps are current (the simulator's schedule from its start); one device's readings are >= 2 ms apart, "

@@ -41,6 +41,11 @@ class Metrics:
             p + "broker_connected", "1 while the ingress is connected / listening.", registry=r
         )
         self.broker_reconnects = Counter(p + "broker_reconnects", "Reconnections to the external broker.", registry=r)
+        self.ingress_read_pauses = Counter(
+            p + "ingress_read_pauses",
+            "Times the client ingress stopped reading its socket (local queue over its bound).",
+            registry=r,
+        )
         # bus
         self.bus_published = Counter(
             p + "bus_published", "Messages published per internal topic.", ["topic"], registry=r

@@ -11,16 +11,18 @@ Promised:
   batches handed over after a failed one may be on the bus already.
 * Order and backpressure: in the broker's order, in batches (below), handed over one at a
   time. The broker holds QoS 1 messages beyond the inflight window (MQTT 5 Receive Maximum =
-  `max_inflight`; 3.1.1: the broker's limit): the local queue is bounded by it.
+  `max_inflight`; 3.1.1: the broker's limit). QoS 0 has no window: the local queue is bounded
+  by `gateway.ingress.read_gate` (reads pause above 8 MiB of queued payload, counted in
+  `gateway_ingress_read_pauses_total`) and the broker holds what follows, under its limits.
 * Reconnection with capped, jittered backoff and resubscription (`gateway_broker_reconnects`).
   `wait_started` waits for the first subscription however long the broker is unreachable.
 * IngressError: an unloadable CA file; credentials, client id or subscriptions refused
   before the first successful subscription.
 
-Not promised: QoS 0 has no window, so QoS 0 messages pile up in memory while the handler is
-slower than the broker. When a connection ends, QoS 0 messages queued locally are handed over
-and QoS 1 ones left to the broker's redelivery (`clean_start: true` makes it forget them). On
-stop, what is queued locally is handed over for up to `stop_timeout`.
+Not promised: that the broker keeps every QoS 0 message while reads pause (its limits decide,
+and it counts what it drops). When a connection ends, QoS 0 messages queued locally are
+handed over and QoS 1 ones left to the broker's redelivery (`clean_start: true` makes it
+forget them). On stop, what is queued locally is handed over for up to `stop_timeout`.
 
 Batches: the messages read so far (up to `MAX_BATCH` and `MAX_BATCH_BYTES`) go to the
 handler together: `staged_handler` (the gateway's `hand_over_batch`: returns once the batch is
@@ -57,6 +59,7 @@ from gateway.ingress.base import BatchHandler, IngressError, MessageHandler, Sta
 from gateway.ingress.client_pipeline import BatchFlow, HandlerFailed, Incoming, take
 from gateway.ingress.config import ClientIngressConfig
 from gateway.ingress.mqtt_client import open_client
+from gateway.ingress.read_gate import ReadGate
 from gateway.security.tls import TlsConfigError, client_context
 
 log = logging.getLogger("gateway.ingress.client")
@@ -81,6 +84,8 @@ class ClientIngress:
         self.filters = [config.subscription_filter(f) for f in filters]
         self._metrics = metrics
         self._received = metrics.messages_received.labels(self.name)
+        self._read_pauses = metrics.ingress_read_pauses
+        self._gate: ReadGate | None = None  # the current connection's
         self._connected = False
         self._flow: BatchFlow | None = None  # the current connection's (or leftovers')
         self._subscribed_once = False
@@ -189,11 +194,20 @@ class ClientIngress:
 
         def on_publish(topic: str, payload: bytes, qos: int, mid: int) -> None:
             append(Incoming(topic, payload, qos, mid, time.time_ns()))
+            gate.added(len(payload))
             wake = self._wake
             if wake is not None and not wake.done():
                 wake.set_result(None)
 
-        return open_client(self.config, tls, on_publish)
+        client = open_client(self.config, tls, on_publish)
+        disconnected: asyncio.Future[None] = client._disconnected
+
+        def fail(exc: BaseException) -> None:
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+
+        gate = self._gate = ReadGate(client._client, fail, self._read_pauses.inc)
+        return client
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         topics: list[tuple[str, int]] = [(f, self.config.qos) for f in self.filters]
@@ -231,7 +245,8 @@ class ClientIngress:
                     return disconnected.result()  # raises the reason of an unexpected disconnection
                 flow.acknowledge()
                 if queue and not pipe.full:
-                    await flow.hand_over(take(queue))
+                    await flow.hand_over(self._take(queue))
+                    await asyncio.sleep(0)  # the hand-over may not have waited: let the other tasks run
                     continue
                 assert self._stop_future is not None
                 waits: set[asyncio.Future[Any]] = {disconnected, self._stop_future}
@@ -252,7 +267,7 @@ class ClientIngress:
                 flow.acknowledge()
                 if queue and batches and not pipe.full:
                     batches -= 1
-                    await flow.hand_over(take(queue))
+                    await flow.hand_over(self._take(queue))
                 elif pipe:
                     flow.busy = True
                     try:
@@ -266,6 +281,12 @@ class ClientIngress:
         finally:
             pipe.abandon()
         return None
+
+    def _take(self, queue: deque[Incoming]) -> list[Incoming]:
+        batch = take(queue)
+        if self._gate is not None:
+            self._gate.taken(sum(len(item.payload) for item in batch))
+        return batch
 
     async def _hand_over_qos0_leftovers(self, queue: deque[Incoming], handler: StagedBatchHandler) -> None:
         leftovers = deque(item for item in queue if item.qos == 0)

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.core.message import RawMessage
 from gateway.core.metrics import Metrics
+from gateway.ingress import mqtt_client, read_gate
 from gateway.ingress.base import IngressError, MessageHandler
 from gateway.ingress.client import ClientIngress
 from gateway.ingress.config import ClientIngressConfig
@@ -206,3 +207,29 @@ async def test_missing_ca_file_is_a_setup_error() -> None:
         await ingress.run(handler)
     with pytest.raises(IngressError):
         await ingress.wait_started()
+
+
+async def test_a_qos0_flood_pauses_reads_instead_of_queueing_without_bound(mosquitto: Mosquitto) -> None:
+    """While the handler is stuck, the local queue stops growing near `HIGH_BYTES` (reads pause,
+    TCP pushes back, Mosquitto holds the rest); once it moves again every message arrives in order."""
+    metrics = Metrics()
+    ingress = make(mosquitto.port, "it-gate", "it-gate/#", metrics)
+    release = asyncio.Event()
+    got: list[bytes] = []
+
+    async def slow(message: RawMessage) -> None:
+        await release.wait()
+        got.append(message.payload)
+
+    body = b"x" * (64 * 1024)
+    payloads = [i.to_bytes(4, "big") + body for i in range(400)]  # 25.6 MB, 3x the bound
+    async with running(ingress, slow):
+        await publish(mosquitto.port, "it-gate/flood", payloads, qos=0)
+        await wait_for(lambda: sample(metrics, "gateway_ingress_read_pauses_total") >= 1)
+        await asyncio.sleep(0.5)  # a reader that kept reading would queue the rest meanwhile
+        gate = ingress._gate
+        assert gate is not None and gate.paused
+        assert gate.queued <= read_gate.HIGH_BYTES + mqtt_client.READ_SIZE + len(payloads[0])
+        release.set()
+        await wait_for(lambda: len(got) == len(payloads), within=20)
+    assert got == payloads
