@@ -1,9 +1,18 @@
 """The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
 
-* `/healthz` answers 200 while the process's event loop runs (liveness).
+* `/healthz` answers 200 while the gateway's event loop makes progress (liveness), and 503
+  when it has not run a callback for `STALL_AFTER_S` seconds (the body says how long).
 * `/readyz` answers 200 when the ingress is connected (client mode) or listening
   (embedded mode) and every sink is healthy, else 503; the JSON body says which part is not.
-* `/metrics` is the Prometheus text exposition of the gateway's own registry.
+* `/metrics` is the Prometheus text exposition of the gateway's own registry. Gauges that
+  are copied from the bus (`refresh`) are refreshed by the event loop every `BEAT_S`.
+
+The endpoint runs on its own thread and event loop ("admin"), so that it answers in
+milliseconds while the gateway's loop is busy draining a burst: a liveness probe must not
+time out because the gateway is working hard. It asks the gateway's loop for a heartbeat
+every `BEAT_S`; `readiness` and the metrics registry are read from the admin thread (plain
+attribute reads, and prometheus_client is thread-safe); `refresh` and route hooks run on the
+gateway's loop.
 
 A deliberately small HTTP/1.1 server on asyncio streams (GET only, one request per
 connection, 8 KiB request limit): the endpoint must not pull a web framework into the
@@ -15,8 +24,9 @@ time (`hmac.compare_digest`); a refusal is a 401 counted in `gateway_admin_unaut
 The token is never logged or echoed.
 
 Route hooks (`add_route_hook`) extend the endpoint without touching it: each hook is
-awaited with (method, path, body) before the built-in routes and answers (status, body,
-content type), or None to pass. They also receive `PUT` and `POST` requests (body up to
+awaited on the gateway's loop with (method, path, body) before the built-in routes and
+answers (status, body, content type), or None to pass; one that takes longer than
+`HOOK_TIMEOUT_S` is answered 503. They also receive `PUT` and `POST` requests (body up to
 64 KiB, by `Content-Length`); the bearer token check applies to them as to every non-public
 path. Used for `GET /alerts` and `PUT /devices/{id}/meta` (`gateway.processors.admin_routes`),
 `POST /subscriptions/{name}/seek` and `POST /deadletters/replay` (`gateway.replay_routes`).
@@ -25,9 +35,12 @@ path. Used for `GET /alerts` and `PUT /devices/{id}/meta` (`gateway.processors.a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -42,6 +55,9 @@ _PUBLIC = ("/healthz", "/metrics")  # everything else needs the bearer token whe
 _MAX_HEADERS = 100
 _MAX_BODY = 64 * 1024
 _WITH_BODY = ("PUT", "POST")  # methods only route hooks answer
+BEAT_S = 0.5  # how often the gateway's loop is asked for a heartbeat (and refreshes the bus gauges)
+STALL_AFTER_S = 10.0  # /healthz fails when the gateway's loop has not answered for this long
+HOOK_TIMEOUT_S = 60.0
 RouteHook = Callable[[str, str, bytes], Awaitable[tuple[int, bytes, str] | None]]
 
 
@@ -73,26 +89,97 @@ class AdminServer:
         self._refresh = refresh
         self._server: asyncio.Server | None = None
         self._hooks: list[RouteHook] = []
+        self._main: asyncio.AbstractEventLoop | None = None  # the gateway's loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the admin thread's loop
+        self._thread: threading.Thread | None = None
+        self._beat = time.monotonic()  # when the gateway's loop last ran our heartbeat
 
     def add_route_hook(self, hook: RouteHook) -> None:
         """Answer some requests before the built-in routes (see the module docstring)."""
         self._hooks.append(hook)
 
     async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=8192)
-        except OSError as exc:
-            raise AdminServerError(f"admin.port: cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        """Listen, on the admin thread; AdminServerError when the address cannot be bound."""
+        self._main = asyncio.get_running_loop()
+        self._beat = time.monotonic()
+        listening: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._serve, args=(listening,), name="admin", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(listening)
         log.info("admin endpoint listening", extra={"host": self.host, "port": self.port})
 
     async def stop(self) -> None:
+        """Stop listening and end the admin thread (requests in progress get up to 2 s). Idempotent."""
+        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), loop)), 3)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 5)
+
+    # -- the admin thread ---------------------------------------------------------------
+    def _serve(self, listening: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._listen(listening))
+            if listening.exception() is None:
+                self._loop = loop
+                beat = loop.create_task(self._heartbeat(), name="admin-heartbeat")
+                loop.run_forever()
+                beat.cancel()
+                loop.run_until_complete(asyncio.gather(beat, return_exceptions=True))
+        finally:
+            loop.close()
+
+    async def _listen(self, listening: concurrent.futures.Future[None]) -> None:
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=8192)
+        except OSError as exc:
+            error = AdminServerError(f"admin.port: cannot listen on {self.host}:{self.port}: {exc.strerror}")
+            listening.set_exception(error)
+            return
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        listening.set_result(None)
+
+    async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
+
+    async def _heartbeat(self) -> None:
+        """Ask the gateway's loop, every BEAT_S, to note that it runs and to refresh the gauges."""
+        assert self._main is not None
+        while True:
+            with contextlib.suppress(RuntimeError):  # the gateway's loop is closed: the beat stops
+                self._main.call_soon_threadsafe(self._on_beat)
+            await asyncio.sleep(BEAT_S)
+
+    def _on_beat(self) -> None:  # on the gateway's loop
+        self._beat = time.monotonic()
+        with contextlib.suppress(Exception):
+            self._refresh()
+
+    async def _run_hooks(self, method: str, target: str, body: bytes) -> tuple[int, bytes, str] | None:
+        """The first hook's answer, awaited on the gateway's loop (503 if it takes too long)."""
+        if not self._hooks or self._main is None:
+            return None
+
+        async def ask() -> tuple[int, bytes, str] | None:
+            for hook in self._hooks:
+                answer = await hook(method, target, body)
+                if answer is not None:
+                    return answer
+            return None
+
+        future = asyncio.run_coroutine_threadsafe(ask(), self._main)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), HOOK_TIMEOUT_S)
+        except TimeoutError:
+            return 503, f"the gateway did not answer within {HOOK_TIMEOUT_S:.0f} s\n".encode(), "text/plain"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -127,11 +214,10 @@ class AdminServer:
                 await self._send(writer, 413, b"request body too large\n")
                 return
             body = await asyncio.wait_for(reader.readexactly(length), 5) if method in _WITH_BODY and length else b""
-            for hook in self._hooks:
-                answer = await hook(method, target, body)
-                if answer is not None:
-                    await self._send(writer, answer[0], b"" if method == "HEAD" else answer[1], answer[2])
-                    return
+            answer = await self._run_hooks(method, target, body)
+            if answer is not None:
+                await self._send(writer, answer[0], b"" if method == "HEAD" else answer[1], answer[2])
+                return
             if method in _WITH_BODY:
                 await self._send(writer, 405, f"{method} is not supported on this path\n".encode())
                 return
@@ -152,12 +238,14 @@ class AdminServer:
 
     def _route(self, target: str) -> tuple[int, bytes, str]:
         if target == "/healthz":
+            stalled = time.monotonic() - self._beat
+            if stalled > STALL_AFTER_S:
+                return 503, f"event loop stalled: no progress for {stalled:.0f} s\n".encode(), "text/plain"
             return 200, b"ok\n", "text/plain"
         if target == "/readyz":
             r = self._readiness()
             return (200 if r.ready else 503), orjson.dumps({"ready": r.ready, **r.detail}), "application/json"
         if target == "/metrics":
-            self._refresh()
             return 200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST
         return 404, b"not found: try /healthz, /readyz or /metrics\n", "text/plain"
 
