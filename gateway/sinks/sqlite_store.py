@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sqlite3
 import threading
 from datetime import timedelta
@@ -43,10 +42,10 @@ import orjson
 from pydantic import Field
 
 from gateway.core.duration import Duration
-from gateway.core.message import FieldValue, Reading
 from gateway.core.sink import WriteResult
 from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase, resolve_data_path
+from gateway.sinks.sqlite_rows import encode_rows
 
 log = logging.getLogger("gateway.sinks.sqlite_store")
 
@@ -83,15 +82,15 @@ FROM readings GROUP BY measurement, tags, time_ns
 # while any other thread of the gateway is busy (each retake may wait out the 5 ms switch
 # interval); a single step releases it once per batch. "WHERE true" lets SQLite parse the
 # upsert clause after a SELECT.
+# `value ->> i` (SQLite 3.38+) reads the row's array once per column like json_extract, but
+# costs about 5 µs less per row here; older libraries get json_extract.
+_COLUMN = "value ->> {}" if sqlite3.sqlite_version_info >= (3, 38) else "json_extract(value, '$[{}]')"
 _INSERT = (
     "INSERT INTO points SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(5))
+    + ", ".join(_COLUMN.format(i) for i in range(5))
     + " FROM json_each(?) WHERE true ON CONFLICT (measurement, tags, time_ns) DO UPDATE SET"
     " fields = json_patch(fields, excluded.fields), device_id = excluded.device_id"
 )
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
-Point = tuple[str, str, int, str, dict[str, FieldValue]]
 
 
 class SQLiteStoreConfig(SinkConfigBase):
@@ -106,58 +105,6 @@ class SQLiteStoreConfig(SinkConfigBase):
     synchronous: Literal["normal", "full"] = Field(
         "full", description="full: a committed batch survives power loss; normal: faster, survives process crashes."
     )
-
-
-def _point(item: object) -> Point:
-    """The stored form of one reading; raises ValueError/TypeError naming what cannot be stored."""
-    if not isinstance(item, Reading):
-        raise TypeError(f"not a Reading but a {type(item).__name__}")
-    if not isinstance(item.measurement, str) or not item.measurement:
-        raise ValueError(f"measurement {item.measurement!r} is not a non-empty string")
-    if type(item.time_ns) is not int or not _INT64_MIN <= item.time_ns <= _INT64_MAX:
-        raise ValueError(f"time_ns {item.time_ns!r} is not a 64-bit integer")
-    if not isinstance(item.device_id, str):
-        raise ValueError(f"device_id {item.device_id!r} is not a string")
-    _check_utf8(item.measurement, "measurement")
-    _check_utf8(item.device_id, "device_id")
-    for key, tag in item.tags.items():
-        if not isinstance(key, str) or not isinstance(tag, str):
-            raise ValueError(f"tag {key!r}={tag!r} is not text")
-    if not item.fields:
-        raise ValueError(f"reading of measurement {item.measurement!r} has no fields")
-    tags = orjson.dumps(item.tags, option=orjson.OPT_SORT_KEYS).decode()
-    fields: dict[str, FieldValue] = {}
-    for name, value in item.fields.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"field name {name!r} is not a non-empty string")
-        _check_utf8(name, "field name")
-        fields[name] = _checked_value(name, value)
-    return (item.measurement, tags, item.time_ns, item.device_id, fields)
-
-
-def _check_utf8(text: str, what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} {text!r} is not valid UTF-8 text") from None
-
-
-def _checked_value(name: str, value: object) -> FieldValue:
-    """`value` as stored (JSON keeps bool, int, float and text apart); raises ValueError."""
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise ValueError(f"field {name!r} = {value} does not fit in a 64-bit integer")
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"field {name!r} is {value!r}; NaN and infinity cannot be stored")
-        return float(value)
-    if isinstance(value, str):
-        _check_utf8(value, f"value of field {name!r}")
-        return str(value)
-    raise ValueError(f"field {name!r} has a value of type {type(value).__name__}; expected float, int, bool or str")
 
 
 class SQLiteStoreSink(BlockingSink):
@@ -210,16 +157,7 @@ class SQLiteStoreSink(BlockingSink):
         return conn
 
     def _write_sync(self, items: list[Any]) -> WriteResult:
-        rows: list[Point] = []
-        good: list[int] = []
-        rejected: dict[int, str] = {}
-        for i, item in enumerate(items):
-            try:
-                rows.append(_point(item))
-            except (ValueError, TypeError) as exc:
-                rejected[i] = f"sqlite store cannot store this reading: {exc}"
-            else:
-                good.append(i)
+        body, good, rejected = encode_rows(items)
         if not good:
             return WriteResult(rejected=rejected, reason="no storable readings")
         try:
@@ -227,7 +165,7 @@ class SQLiteStoreSink(BlockingSink):
                 conn = self._ensure_open()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute(_INSERT, (orjson.dumps(rows),))
+                    conn.execute(_INSERT, (body,))
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
