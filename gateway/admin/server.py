@@ -121,11 +121,10 @@ class AdminServer:
 
     # -- the admin thread ---------------------------------------------------------------
     def _serve(self, listening: concurrent.futures.Future[None]) -> None:
-        loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()  # before `start` returns: `stop` needs it
         try:
             loop.run_until_complete(self._listen(listening))
             if listening.exception() is None:
-                self._loop = loop
                 beat = loop.create_task(self._heartbeat(), name="admin-heartbeat")
                 loop.run_forever()
                 beat.cancel()
