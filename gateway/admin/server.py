@@ -113,10 +113,16 @@ class AdminServer:
         loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
-        with contextlib.suppress(RuntimeError, TimeoutError):
-            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), loop)), 3)
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(loop.stop)
+        if self._server is not None:  # None: it never listened (start failed), the thread ends by itself
+            closing = self._close()
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closing, loop)), 3)
+            except RuntimeError:  # the loop closed meanwhile
+                closing.close()
+            except TimeoutError:
+                pass
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, 5)
 
     # -- the admin thread ---------------------------------------------------------------
