@@ -34,6 +34,8 @@ async def simulate(config: SimConfig, stop: asyncio.Event | None = None, start_n
     """Run the simulation described by `config`; see the module docstring."""
     stop = stop if stop is not None else asyncio.Event()
     show = config.progress if config.progress is not None else sys.stderr.isatty()
+    if show and config.preload:
+        print("device-sim: generating the messages before the start (--preload) ...", file=sys.stderr, flush=True)
     if config.processes > 1:
         fan = FanOut()
         status = StatusLine(fan.totals) if show else None
@@ -57,9 +59,9 @@ async def simulate(config: SimConfig, stop: asyncio.Event | None = None, start_n
     try:
         loop = asyncio.get_running_loop()
         planned = loop.time() + PREROLL_S
+        await session.prime(start_ns if start_ns is not None else time.time_ns() + round(PREROLL_S * 1e9), stop)
         if status is not None:
             status.start()
-        await session.prime(start_ns if start_ns is not None else time.time_ns() + round(PREROLL_S * 1e9), stop)
         t0 = max(planned, loop.time())  # a preload that took longer than the preroll starts at once
         started_ns = time.time_ns() + round((t0 - loop.time()) * 1e9)
         duration = await session.run(t0, stop)
