@@ -123,6 +123,11 @@ def encode_rows(items: list[Any]) -> tuple[bytes, list[int], dict[int, str]]:
     body = _fast_body(items)
     if body is not None:
         return body, list(range(len(items))), {}
+    return _checked_rows(items)
+
+
+def _checked_rows(items: list[Any]) -> tuple[bytes, list[int], dict[int, str]]:
+    """`encode_rows` item by item: the reference the fast path must equal."""
     rows: list[Point] = []
     good: list[int] = []
     rejected: dict[int, str] = {}

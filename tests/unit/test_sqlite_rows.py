@@ -5,28 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.message import Reading
 from gateway.sinks import sqlite_rows
-from gateway.sinks.sqlite_rows import _fast_body, _point, encode_rows
+from gateway.sinks.sqlite_rows import _checked_rows as checked
+from gateway.sinks.sqlite_rows import _fast_body, encode_rows
 
 T0 = 1_795_000_000_000_000_000
-
-
-def checked(items: list[Any]) -> tuple[bytes, list[int], dict[int, str]]:
-    """What the item-by-item path makes of `items` (the reference)."""
-    rows, good, rejected = [], [], {}
-    for i, item in enumerate(items):
-        try:
-            rows.append(_point(item))
-        except (ValueError, TypeError) as exc:
-            rejected[i] = f"sqlite store cannot store this reading: {exc}"
-        else:
-            good.append(i)
-    return orjson.dumps(rows), good, rejected
 
 
 def reading(fields: dict[Any, Any], tags: dict[Any, Any] | None = None, time_ns: int = T0) -> Reading:
