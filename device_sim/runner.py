@@ -13,7 +13,8 @@ refuses a connection (nothing is sent then), and otherwise returns a summary in 
 time at which the first message is planned to be due (with a long `preload`, the run starts
 later than planned and the timestamps stay on the planned schedule). With the same config
 (seed included) and `start_ns`, two runs send byte-identical payloads. Signals are the
-caller's business (the CLI turns SIGINT/SIGTERM into `stop`)."""
+caller's business (the CLI turns SIGINT/SIGTERM into `stop`).
+"""
 
 from __future__ import annotations
 
