@@ -103,11 +103,14 @@ class Mosquitto(_Server):
 
     name = "mosquitto"
 
-    def __init__(self, workdir: Path, persistence: bool = True) -> None:
+    def __init__(self, workdir: Path, persistence: bool = True, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA, certificate, key) PEM files; the listener then speaks TLS only."""
         super().__init__(workdir)
         self.conf = workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if tls is not None:
+            lines += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
+        lines += [
             "allow_anonymous true",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {workdir}/",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -19,6 +21,7 @@ from gateway.ingress import mqtt_client, read_gate
 from gateway.ingress.base import IngressError, MessageHandler
 from gateway.ingress.client import ClientIngress
 from gateway.ingress.config import ClientIngressConfig
+from tests.security_certs import make_ca, make_cert
 from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -63,8 +66,10 @@ class Collector:
         return [m.payload for m in self.messages]
 
 
-async def publish(port: int, topic: str, payloads: list[bytes], qos: int = 1) -> None:
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{time.time_ns()}") as client:
+async def publish(
+    port: int, topic: str, payloads: list[bytes], qos: int = 1, tls: ssl.SSLContext | None = None
+) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{time.time_ns()}", tls_context=tls) as client:
         for payload in payloads:
             await client.publish(topic, payload, qos=qos)
 
@@ -212,8 +217,26 @@ async def test_missing_ca_file_is_a_setup_error() -> None:
 async def test_a_qos0_flood_pauses_reads_instead_of_queueing_without_bound(mosquitto: Mosquitto) -> None:
     """While the handler is stuck, the local queue stops growing near `HIGH_BYTES` (reads pause,
     TCP pushes back, Mosquitto holds the rest); once it moves again every message arrives in order."""
-    metrics = Metrics()
-    ingress = make(mosquitto.port, "it-gate", "it-gate/#", metrics)
+    await flood_through_a_paused_reader(mosquitto, make(mosquitto.port, "it-gate", "it-gate/#", Metrics()), None)
+
+
+async def test_a_paused_tls_connection_resumes_and_delivers_everything(tmp_path: Path) -> None:
+    """The same over TLS, where the TLS layer may hold decrypted bytes that no readiness event
+    announces when reads resume."""
+    ca = make_ca(tmp_path, "it-gate-ca")
+    cert, key = make_cert(tmp_path, ca, "it-gate-broker", server=True)
+    broker = Mosquitto(tmp_path / "mosquitto", persistence=False, tls=(ca[0], cert, key))
+    broker.start()
+    try:
+        ingress = make(broker.port, "it-gate-tls", "it-gate/#", Metrics(), tls=True, ca_file=str(ca[0]))
+        publisher_tls = ssl.create_default_context(cafile=str(ca[0]))
+        await flood_through_a_paused_reader(broker, ingress, publisher_tls)
+    finally:
+        broker.stop()
+
+
+async def flood_through_a_paused_reader(broker: Mosquitto, ingress: ClientIngress, tls: ssl.SSLContext | None) -> None:
+    metrics = ingress._metrics
     release = asyncio.Event()
     got: list[bytes] = []
 
@@ -224,7 +247,7 @@ async def test_a_qos0_flood_pauses_reads_instead_of_queueing_without_bound(mosqu
     body = b"x" * (64 * 1024)
     payloads = [i.to_bytes(4, "big") + body for i in range(400)]  # 25.6 MB, 3x the bound
     async with running(ingress, slow):
-        await publish(mosquitto.port, "it-gate/flood", payloads, qos=0)
+        await publish(broker.port, "it-gate/flood", payloads, qos=0, tls=tls)
         await wait_for(lambda: sample(metrics, "gateway_ingress_read_pauses_total") >= 1)
         await asyncio.sleep(0.5)  # a reader that kept reading would queue the rest meanwhile
         gate = ingress._gate
