@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FieldValue = float | int | bool | str
+INT64_MIN = -(2**63)  # the integer field values every store can keep (int64)
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(slots=True)

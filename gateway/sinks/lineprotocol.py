@@ -29,13 +29,11 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from gateway.core.message import FieldValue, Reading
+from gateway.core.message import INT64_MAX, INT64_MIN, FieldValue, Reading
 
 Precision = Literal["ns", "us", "ms", "s"]
 
 _DIVISOR: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 
 _MEASUREMENT_TABLE = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\"})
 _KEY_TABLE = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "\\\\"})

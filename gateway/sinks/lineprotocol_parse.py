@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import re
 
-from gateway.core.message import FieldValue
-from gateway.sinks.lineprotocol import INT64_MAX, INT64_MIN, LineProtocolError
+from gateway.core.message import INT64_MAX, INT64_MIN, FieldValue
+from gateway.sinks.lineprotocol import LineProtocolError
 
 
 def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, FieldValue], int]:

@@ -19,10 +19,8 @@ from typing import Any
 
 import orjson
 
-from gateway.core.message import FieldValue, Reading
+from gateway.core.message import INT64_MAX, INT64_MIN, FieldValue, Reading
 
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 _SCALARS = frozenset((float, int, bool, str))
 _TAGS_CACHE_LIMIT = 50_000
 Point = tuple[str, str, int, str, dict[str, FieldValue]]
@@ -40,7 +38,7 @@ def _fast_body(items: list[Any]) -> bytes | None:
         measurement, device, tags, fields = item.measurement, item.device_id, item.tags, item.fields
         if type(measurement) is not str or not measurement or type(device) is not str:
             return None
-        if type(item.time_ns) is not int or not _INT64_MIN <= item.time_ns <= _INT64_MAX:
+        if type(item.time_ns) is not int or not INT64_MIN <= item.time_ns <= INT64_MAX:
             return None
         if not fields or "" in fields or not _SCALARS.issuperset(map(type, fields.values())):
             return None
@@ -72,7 +70,7 @@ def _point(item: object) -> Point:
         raise TypeError(f"not a Reading but a {type(item).__name__}")
     if not isinstance(item.measurement, str) or not item.measurement:
         raise ValueError(f"measurement {item.measurement!r} is not a non-empty string")
-    if type(item.time_ns) is not int or not _INT64_MIN <= item.time_ns <= _INT64_MAX:
+    if type(item.time_ns) is not int or not INT64_MIN <= item.time_ns <= INT64_MAX:
         raise ValueError(f"time_ns {item.time_ns!r} is not a 64-bit integer")
     if not isinstance(item.device_id, str):
         raise ValueError(f"device_id {item.device_id!r} is not a string")
@@ -105,7 +103,7 @@ def _checked_value(name: str, value: object) -> FieldValue:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
+        if not INT64_MIN <= value <= INT64_MAX:
             raise ValueError(f"field {name!r} = {value} does not fit in a 64-bit integer")
         return int(value)
     if isinstance(value, float):

@@ -27,11 +27,9 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from typing_extensions import TypedDict
 
-from gateway.core.message import FieldValue
+from gateway.core.message import INT64_MAX, INT64_MIN, FieldValue
 from gateway.validation.config import FieldSpec, SchemaConfig
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 MAX_ERRORS_SHOWN = 3
 
 RejectCode = Literal[
