@@ -37,7 +37,7 @@ from gateway.core.duration import Duration
 from gateway.core.sink import WriteResult
 from gateway.sinks.blocking import BlockingSink
 from gateway.sinks.config import SinkConfigBase
-from gateway.sinks.lineprotocol import encode_lines
+from gateway.sinks.lineprotocol_lines import encode_lines
 
 _MAX_REASON = 1000
 _UNHEALTHY_STATUSES = frozenset({401, 403, 404})

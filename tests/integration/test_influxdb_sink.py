@@ -20,7 +20,7 @@ import pytest
 
 from gateway.core.message import Reading
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig, parse_retry_after
-from gateway.sinks.lineprotocol import encode_batch
+from gateway.sinks.lineprotocol_lines import encode_batch
 from tests.servers import VictoriaMetrics, free_port
 
 pytestmark = pytest.mark.integration

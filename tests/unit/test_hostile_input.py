@@ -15,7 +15,7 @@ from gateway.core.metrics import Metrics
 from gateway.ingress.topics import RouteConfig, TopicRouter
 from gateway.security.config import RateLimitConfig, SecurityConfig
 from gateway.security.guard import Guard
-from gateway.sinks.lineprotocol import encode_lines
+from gateway.sinks.lineprotocol_lines import encode_lines
 from gateway.sinks.lineprotocol_parse import parse_line
 from gateway.validation.config import SchemaConfig, ValidationConfig
 from gateway.validation.decode import Decoder

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.message import FieldValue, Reading
-from gateway.sinks.lineprotocol import LineProtocolError, Precision, encode_batch, encode_lines, encode_reading
+from gateway.sinks.lineprotocol import LineProtocolError, Precision, encode_reading
+from gateway.sinks.lineprotocol_lines import encode_batch, encode_lines
 from gateway.sinks.lineprotocol_parse import parse_line
 
 T = 1_700_000_000_123_456_789
@@ -95,7 +96,8 @@ def test_string_field_escaping(raw: str, expected: str) -> None:
         (1.0, "1.0"),
         (-0.0, "-0.0"),
         (1e20, "1e+20"),
-        (1.5e-7, "1.5e-07"),
+        (1.5e-7, "1.5e-7"),
+        (1e-5, "0.00001"),
         (0.1, "0.1"),
         (123456789.125, "123456789.125"),
         (0, "0i"),
@@ -345,3 +347,155 @@ def test_readings_in_a_row_with_equal_tags_keep_their_own_measurement() -> None:
     for _ in range(2):  # the second time with every name cached
         body, _, _ = encode_lines(rows)
         assert body.decode().splitlines() == [encode_reading(r) for r in rows]
+
+
+# Columns for runs of one shape: each field keeps one type, with the values that must take a
+# run off the bulk path mixed in now and then.
+_columns = [
+    st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([1.5, -0.0, 1e-7, 1e22])),
+    st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.sampled_from([0, 7, -(2**63), 2**63 - 1])),
+    st.booleans(),
+    st.sampled_from(["fw-1.3", "", "%s", "100%", "ünï", "nullable", "tab\there"]),
+]
+_odd = st.sampled_from(
+    [
+        "a,b",
+        'say "hi"',
+        "back\\slash",
+        "new\nline",
+        "\ud800",
+        float("nan"),
+        float("inf"),
+        2**63,
+        -(2**63) - 1,
+        2**64,
+        1,
+        2.5,
+        True,
+        "7",
+    ]
+)
+_run_shape = st.tuples(
+    st.sampled_from(["env", "m%s"]),
+    st.sampled_from([{"device_id": "d1"}, {"device_id": "d1", "site": "s 1"}, {"k%": "v%d"}, {}]),
+    st.lists(st.sampled_from(["t", "h", "fw", "bad key", "%s", "n"]), min_size=0, max_size=4, unique=True),
+)
+
+
+@st.composite
+def _runs(draw: st.DrawFn) -> list[object]:
+    """Items in runs that share measurement, tags and field keys (as one device's batch does);
+    now and then a value of another type or one that line protocol refuses, a reordered or
+    missing key, an odd timestamp, or an item that is not a reading."""
+    items: list[object] = []
+    for _ in range(draw(st.integers(1, 4))):
+        measurement, tags, keys = draw(_run_shape)
+        columns = {key: draw(st.sampled_from(_columns)) for key in keys}
+        for _ in range(draw(st.integers(1, 8))):
+            fields = {key: draw(_odd if draw(st.integers(0, 40)) == 0 else column) for key, column in columns.items()}
+            if len(fields) > 1 and draw(st.integers(0, 20)) == 0:
+                fields = dict(reversed(fields.items())) if draw(st.booleans()) else dict(list(fields.items())[1:])
+            stamp = draw(st.sampled_from(["1", 1.5]) if draw(st.integers(0, 30)) == 0 else st.integers(0, 2**62))
+            items.append(Reading(measurement, "d1", tags, fields, stamp))
+        if draw(st.integers(0, 3)) == 0:
+            items.append("not a reading")
+    return items
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows=_runs(), precision=st.sampled_from(["ns", "us", "ms", "s"]))
+def test_runs_of_one_shape_equal_encode_reading_item_by_item(rows: list[object], precision: Precision) -> None:
+    """The bulk path for runs (one orjson call per run) against the definition, with every
+    value that must send a run back to the reading-by-reading path."""
+    expected_lines, expected_good, expected_bad = [], [], []
+    for i, item in enumerate(rows):
+        try:
+            if not isinstance(item, Reading):
+                raise LineProtocolError
+            line = encode_reading(item, precision)
+            line.encode()
+        except (LineProtocolError, UnicodeEncodeError):
+            expected_bad.append(i)
+        else:
+            expected_lines.append(line)
+            expected_good.append(i)
+    body, good, rejected = encode_lines(rows, precision)
+    if any(i in expected_bad for i in good):  # a lone surrogate: the whole body is redone, checked
+        pytest.fail("a reading that cannot be encoded was kept")
+    assert body == "\n".join(expected_lines).encode()
+    assert good == expected_good and sorted(rejected) == expected_bad
+
+
+def test_a_long_plain_run_is_one_bulk_format() -> None:
+    tags = {"device_id": "d1", "site": "s1"}
+    rows = [
+        Reading("env", "d1", tags, {"t": 20.0 + i / 8, "n": i, "ok": i % 2 == 0, "fw": "1.3"}, T + i) for i in range(50)
+    ]
+    body, good, rejected = encode_lines(rows, "ms")
+    assert good == list(range(50)) and not rejected
+    assert body.decode().splitlines() == [encode_reading(r, "ms") for r in rows]
+    assert (
+        body.decode().splitlines()[3] == f'env,device_id=d1,site=s1 t=20.375,n=3i,ok=false,fw="1.3" {(T + 3) // 10**6}'
+    )
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"fw": "a,b"},
+        {"fw": 'say "hi"'},
+        {"fw": "back\\slash"},
+        {"fw": "new\nline"},
+        {"fw": "\ud800"},
+        {"fw": "null"},
+        {"fw": 7},
+        {"t": float("nan")},
+        {"t": float("inf")},
+        {"t": 3},
+        {"n": 2**63},
+        {"n": -(2**63) - 1},
+        {"n": 2**64},
+        {"n": True},
+        {"n": 2.0},
+        {"ok": 1},
+        {"time_ns": 1.5},
+        {"time_ns": "1"},
+        {"order": True},
+        {"swap": True},
+        {"drop": "t"},
+        {"extra": 1.0},
+    ],
+    ids=repr,
+)
+def test_one_odd_reading_in_a_long_run(odd: dict[str, object]) -> None:
+    """Each thing the bulk path must not format itself, in the middle of an otherwise plain run."""
+    tags = {"device_id": "d1"}
+
+    def row(i: int) -> Reading:
+        return Reading("env", "d1", tags, {"t": 20.5 + i, "h": 40.0, "n": i, "ok": True, "fw": "1.3"}, T + i)
+
+    rows: list[object] = [row(i) for i in range(9)]
+    odd_row = row(4)
+    for key, value in odd.items():
+        if key == "time_ns":
+            odd_row.time_ns = value  # type: ignore[assignment]
+        elif key == "order":
+            odd_row.fields = dict(reversed(odd_row.fields.items()))
+        elif key == "swap":  # same types in another order
+            odd_row.fields = {"h": odd_row.fields.pop("h"), **odd_row.fields}
+        elif key == "drop":
+            del odd_row.fields[str(value)]
+        elif key == "extra":
+            odd_row.fields["x"] = 1.0
+        else:
+            odd_row.fields[key] = value  # type: ignore[assignment]
+    rows[4] = odd_row
+    expected = []
+    for r in rows:
+        with contextlib.suppress(LineProtocolError, AttributeError):
+            line = encode_reading(r, "us")  # type: ignore[arg-type]
+            if line.isascii() or "\ud800" not in line:
+                expected.append(line)
+    body, good, rejected = encode_lines(rows, "us")
+    assert body.decode().splitlines() == expected
+    assert len(good) == len(expected) and len(good) + len(rejected) == len(rows)
