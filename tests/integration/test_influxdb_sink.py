@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.message import Reading
+from gateway.core.message import FieldValue, Reading
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig, parse_retry_after
 from gateway.sinks.lineprotocol_lines import encode_batch
 from tests.servers import VictoriaMetrics, free_port
@@ -288,3 +288,28 @@ async def test_victoriametrics_stores_the_batch(victoria: VictoriaMetrics, tmp_p
     assert victoria.wait_for_count("influx_it_count", 5) == 5
     (series,) = victoria.export('influx_it_temp{device_id="d x"}')
     assert series["metric"] == {"__name__": "influx_it_temp", "device_id": "d x", "loc": 'a,b="c"\\'}
+
+
+async def test_victoriametrics_reads_every_float_spelling_back(victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    """Floats are spelled as orjson spells them (`1.5e-7`, `0.00001`, `1e+22`); the store must
+    read each back to the same value, from a bulk-formatted run and from lines made one by one.
+    (One field per value: the store compresses a series' block to one decimal exponent, so
+    tiny and huge values in one series would lose digits there, whatever the spelling.)"""
+    values = [1.5e-7, 1e-5, 2.5e-5, 1e22, 1e16, -0.0, 0.1, 123456.789, 5e-300]
+    fields: dict[str, FieldValue] = {f"v{k}": v for k, v in enumerate(values)}
+    start = time.time_ns() - 60 * 10**9  # a second apart: the store keeps one point per series and millisecond
+    run = [Reading("influx_fl", "run", {"device_id": "run"}, dict(fields), start + i * 10**9) for i in range(4)]
+    alternating = [  # runs of one reading: encoded one by one
+        Reading("influx_fl", d, {"device_id": d}, dict(fields), start + i * 10**9)
+        for i in range(2)
+        for d in ("one_a", "one_b")
+    ]
+    sink = await sink_for(victoria.url, tmp_path)
+    result = await sink.write([*run, *alternating])
+    await sink.close()
+    assert result.accepted == list(range(8))
+    assert victoria.wait_for_count("influx_fl_v0", 8) == 8
+    for k, v in enumerate(values):
+        for device, n in (("run", 4), ("one_a", 2), ("one_b", 2)):
+            (series,) = victoria.export(f'influx_fl_v{k}{{device_id="{device}"}}')
+            assert series["values"] == [v] * n, (device, k)
