@@ -46,6 +46,8 @@ class Reading:
     Identity (for idempotent writes) is `measurement` + `tags` + `time_ns`: writing the
     same reading twice overwrites it instead of duplicating it.
     `device_id` is also present in `tags["device_id"]`; it is kept apart as the ordering key.
+    Readings never change their `tags` or `fields` in place: readings decoded from one
+    publish may share one `tags` dict (see `gateway.validation.fastbatch`).
     """
 
     measurement: str

@@ -92,7 +92,12 @@ def _run_end(first: Reading, items: Sequence[object], start: int) -> int:
     measurement, tags, keys = first.measurement, first.tags, tuple(first.fields)
     end = start + 1
     for r in islice(items, end, None):
-        if type(r) is not Reading or r.tags != tags or r.measurement != measurement or tuple(r.fields) != keys:
+        if (
+            type(r) is not Reading
+            or (r.tags is not tags and r.tags != tags)  # one publish's readings share one tags dict
+            or r.measurement != measurement
+            or tuple(r.fields) != keys
+        ):
             break
         end += 1
     return end

@@ -30,6 +30,7 @@ from pydantic_core import ValidationError
 
 from gateway.core.message import Reading
 from gateway.ingress.topics import DEVICE_ID_TAG, RouteConfig
+from gateway.validation.fastbatch import BatchReader
 from gateway.validation.schema import CompiledSchema
 from gateway.validation.timestamps import MS_FROM, US_FROM, parse_timestamp
 
@@ -44,7 +45,8 @@ class TopicPlan:
 
     `tags` is the route's static tags updated with the placeholder values (the tags of every
     reading before tag fields; never changed, copied per reading); `device` is the
-    `{device_id}` placeholder value, or None; `read` is the fast path of the route's schema.
+    `{device_id}` placeholder value, or None; `read` is the fast path of the route's schema
+    and `read_many` its batch fast path (`gateway.validation.fastbatch`).
     An element's fast reading is `read(element, received_ns, earliest_ns, latest_ns, tags, device)`
     where `earliest_ns` / `latest_ns` are the receive time minus / plus the skew limits.
     """
@@ -53,14 +55,17 @@ class TopicPlan:
     values: dict[str, str]
     schema: CompiledSchema
     read: Reader
+    read_many: BatchReader
     tags: dict[str, str]
     device: str | None
 
     @classmethod
-    def of(cls, route: RouteConfig, values: dict[str, str], schema: CompiledSchema, read: Reader) -> TopicPlan:
+    def of(
+        cls, route: RouteConfig, values: dict[str, str], schema: CompiledSchema, read: Reader, read_many: BatchReader
+    ) -> TopicPlan:
         """The plan of a topic that matched `route` with placeholder `values`."""
         tags = {**route.tags, **values} if route.tags else dict(values)
-        return cls(route, values, schema, read, tags, values.get(DEVICE_ID_TAG))
+        return cls(route, values, schema, read, read_many, tags, values.get(DEVICE_ID_TAG))
 
 
 def make_reader(schema: CompiledSchema) -> Reader:

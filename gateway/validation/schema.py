@@ -14,6 +14,7 @@ For the decoder's fast path (`gateway.validation.fastpath`) a schema also carrie
 `validate_values`: the same annotations over the value (non-tag) fields alone, unknown keys
 ignored, whose result is exactly the `fields` dict that `check` returns for an element
 `check` accepts (same keys, values and order); it raises `ValidationError` on what it refuses.
+`validate_value_list` is the same over a list of elements, in one call.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class CompiledSchema:
         # The core validator itself: skipping TypeAdapter's Python wrapper saves a call per element.
         self.validate_values: Callable[[object], dict[str, FieldValue]] = TypeAdapter(
             value_shape
+        ).validator.validate_python
+        # The same over a list of elements, in one call (the decoder's batch fast path).
+        self.validate_value_list: Callable[[object], list[dict[str, FieldValue]]] = TypeAdapter(
+            list[value_shape]  # type: ignore[valid-type]
         ).validator.validate_python
 
     def check(self, element: dict[str, Any]) -> tuple[dict[str, FieldValue], dict[str, str]]:

@@ -103,13 +103,15 @@ def _never(*_: object) -> Reading | None:
     return None
 
 
-def _decoder(*, fast: bool, **limits: Any) -> Decoder:
+def _decoder(*, fast: bool, batch: bool = True, **limits: Any) -> Decoder:
+    """fast: with the per-element fast path; batch: with the batch fast path too."""
     router = TopicRouter([RouteConfig.model_validate(r) for r in EDGE_ROUTES])
     schemas = {name: SchemaConfig.model_validate(s) for name, s in EDGE_SCHEMAS.items()}
-    if fast:
-        return Decoder(router, schemas, ValidationConfig(**limits))
-    with pytest.MonkeyPatch.context() as patch:  # every element takes the detailed path
-        patch.setattr(decode_module, "make_reader", lambda schema: _never)
+    with pytest.MonkeyPatch.context() as patch:
+        if not fast:  # every element takes the detailed path
+            patch.setattr(decode_module, "make_reader", lambda schema: _never)
+        if not fast or not batch:
+            patch.setattr(decode_module, "make_batch_reader", lambda schema: _never)
         return Decoder(router, schemas, ValidationConfig(**limits))
 
 
@@ -120,6 +122,7 @@ LIMITS: list[dict[str, Any]] = [
     {"max_future_skew": "999999999d", "max_past_skew": "999999999d"},  # epoch numbers of every unit in range
 ]
 PAIRS = [(_decoder(fast=True, **limits), _decoder(fast=False, **limits)) for limits in LIMITS]
+ELEMENT_ONLY = [_decoder(fast=True, batch=False, **limits) for limits in LIMITS]
 
 
 def outcome(result: DecodeResult) -> tuple[list[Any], list[Any]]:
@@ -134,10 +137,11 @@ def outcome(result: DecodeResult) -> tuple[list[Any], list[Any]]:
 def assert_same(topic: str, payload: bytes) -> DecodeResult:
     """Decode with and without the fast path (under each of LIMITS); the first fast result."""
     results = []
-    for fast, detailed in PAIRS:
+    for (fast, detailed), element_only in zip(PAIRS, ELEMENT_ONLY, strict=True):
         raw = RawMessage(topic, payload, qos=1, received_ns=NOW, client_id="c-1")
         result = fast.decode(raw)
         assert outcome(result) == outcome(detailed.decode(raw))
+        assert outcome(result) == outcome(element_only.decode(raw))
         assert outcome(fast.decode(raw)) == outcome(result)  # again, from the topic cache
         results.append(result)
     return results[0]
@@ -256,3 +260,84 @@ def test_parse_timestamp_forms_and_unit_bounds(stamp: object, expected: int) -> 
 def test_parse_timestamp_refusals(stamp: object, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_timestamp(stamp)
+
+
+BATCH_STAMPS = st.sampled_from([*STAMPS, NOW, NOW // 10**6, NOW / 10**9, "2023-11-14T22:13:20.5Z", DELETE])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(BASES)), st.data())
+def test_mostly_valid_batches_decode_as_by_the_detailed_path(topic: str, data: st.DataObject) -> None:
+    """Batches of several elements, each valid or near valid (the batch fast path's ground):
+    every element's own timestamp form, now and then a changed value, key or tag."""
+    elements = []
+    field = {"gateways/g1/tanks": "time", "c/k1": "t", "c2/a/b": "t"}.get(topic, "ts")
+    for _ in range(data.draw(st.integers(2, 8))):
+        element = dict(BASES[topic])
+        stamp = data.draw(BATCH_STAMPS)
+        if stamp is DELETE:
+            element.pop(field, None)
+        else:
+            element[field] = stamp
+        if data.draw(st.integers(0, 5)) == 0:
+            for name, value in data.draw(CHANGES):
+                if value is DELETE:
+                    element.pop(name, None)
+                else:
+                    element[name] = value
+        elements.append(element)
+    assert_same(topic, dump(elements))
+
+
+def test_plainly_valid_batches_take_the_batch_path() -> None:
+    decoder = _decoder(fast=True, **TIGHT_SKEW)
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the per-element path was taken")
+
+    decoder._readers = {name: refuse for name in decoder._readers}
+    seconds = NOW // 10**9
+    for stamps in ([NOW // 10**6, NOW // 10**6 - 5], [seconds, NOW, "2023-11-14T22:13:20Z", float(seconds - 1)]):
+        for topic, element in BASES.items():
+            field = {"gateways/g1/tanks": "time", "c/k1": "t", "c2/a/b": "t"}.get(topic, "ts")
+            batch = [{**element, field: stamp} for stamp in stamps]
+            result = decoder.decode(RawMessage(topic, orjson.dumps(batch), received_ns=NOW))
+            assert (len(result.readings), result.rejects) == (len(stamps), []), topic
+            first, second = result.readings[:2]
+            assert first.tags is second.tags  # equal tags: one dict for the batch
+
+
+def test_a_batch_with_one_bad_element_is_decoded_element_by_element() -> None:
+    element = BASES["devices/d1/telemetry"]
+    batch = [element, {**element, "temperature": "hot"}, element]
+    result = assert_same("devices/d1/telemetry", orjson.dumps(batch))
+    assert len(result.readings) == 2 and [r.code for r in result.rejects] == ["wrong_type"]
+
+
+@pytest.mark.parametrize(
+    ("topic", "odd"),
+    [
+        ("legacy/x", {"device_id": ""}),
+        ("legacy/x", {"device_id": 7}),
+        ("legacy/x", {"device_id": None}),
+        ("sites/s1/devices/d9/telemetry", {"device_id": "d8"}),
+        ("e/s1/d1", {"site": "s2"}),
+        ("e/s1/d1", {"zone": "z2"}),
+        ("e/s1/d1", {"site": ""}),
+        ("e2/d1", {"site": None}),
+        ("e2/d1", {"zone": 3}),
+        ("c/k1", {"k": "k2"}),
+        ("c/k1", {"dev": ""}),
+        ("c/k1", {"extra": 1}),
+        ("devices/d1/telemetry", {"ts": 0}),
+        ("devices/d1/telemetry", {"ts": NOW // 10**6 + 10**9}),
+        ("devices/d1/telemetry", {"temperature": None}),
+        ("devices/d1/telemetry", {"temperature": 1e9}),
+    ],
+    ids=repr,
+)
+def test_one_odd_element_in_a_batch(topic: str, odd: dict[str, object]) -> None:
+    """Each rule of the batch path, broken by one element in the middle of a batch."""
+    element = BASES[topic]
+    result = assert_same(topic, dump([element, {**element, **odd}, element]))
+    assert len(result.readings) == 2 and len(result.rejects) == 1
