@@ -165,22 +165,25 @@ class Metrics:
         )
 
 
-def observe_many(histogram: Histogram, amounts: list[float]) -> None:
-    """`histogram.observe(a)` for every amount, with one counter update per bucket hit
-    instead of one per amount (the sink runner observes every reading it writes).
+def observe_counted(histogram: Histogram, counted: list[tuple[float, int]]) -> None:
+    """`histogram.observe(a)` `n` times for every `(a, n)`, with one counter update per bucket
+    hit instead of one per observation (the sink runner observes every reading it writes;
+    the readings of one publish share one latency).
 
     prometheus_client has no bulk observe, so this uses its `_upper_bounds`, `_buckets` and
-    `_sum`; `tests/unit/test_metrics_observe_many.py` checks the result against `observe`,
+    `_sum`; `tests/unit/test_metrics_observe_counted.py` checks the result against `observe`,
     so a change of those internals fails there, not in production.
     """
-    if not amounts:
+    if not counted:
         return
     bounds = histogram._upper_bounds
     hits: dict[int, int] = {}
-    for amount in amounts:
+    total = 0.0
+    for amount, n in counted:
         i = bisect.bisect_left(bounds, amount)
         if i < len(bounds):  # past the last bound (NaN): no bucket, as observe does
-            hits[i] = hits.get(i, 0) + 1
-    histogram._sum.inc(sum(amounts))
+            hits[i] = hits.get(i, 0) + n
+        total += amount * n
+    histogram._sum.inc(total)
     for i, n in hits.items():
         histogram._buckets[i].inc(n)

@@ -39,14 +39,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from datetime import timedelta
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from gateway.core.backoff import Backoff
 from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
 from gateway.core.message import Reading, ReadingBatch, dead_letter_for
-from gateway.core.metrics import Metrics, observe_many
+from gateway.core.metrics import Metrics, observe_counted
 from gateway.core.rate_limit import TokenBucket
 from gateway.core.runner_config import RunnerConfig
 from gateway.core.sink import Sink, WriteResult
@@ -56,6 +58,8 @@ __all__ = ["RunnerConfig", "SinkRunner"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_received_ns = attrgetter("received_ns")
+_ack_id = attrgetter("ack_id")
 _Sorted = tuple[list[int], list[tuple[int, str]], list[int], list[int]]
 
 
@@ -63,6 +67,10 @@ def _sort_out(n: int, result: WriteResult) -> tuple[_Sorted, bool]:
     """Indices of a batch of `n` items: ((accepted, rejected+reason, split, retry), malformed). An item
     goes to the first list naming it, to retry if none does; `malformed` means the result did not list
     each index exactly once."""
+    if len(result.accepted) == n and not (result.rejected or result.split or result.retry):
+        everything = list(range(n))
+        if result.accepted == everything:  # the common case, decided without sets
+            return (everything, [], [], []), False
     seen: set[int] = set()
 
     def take(indices: list[int]) -> list[int]:
@@ -255,7 +263,7 @@ class SinkRunner:
                 items += data.readings
                 owners += [m] * len(data.readings)
                 self._parts[m.ack_id] = len(data.readings)
-                received_ns = min(r.received_ns for r in data.readings)
+                received_ns = min(map(_received_ns, data.readings))
             elif isinstance(data, Reading):
                 items.append(data)
                 owners.append(m)
@@ -294,7 +302,9 @@ class SinkRunner:
                 self._warned_malformed = True
                 self._log(logging.ERROR, "returned a WriteResult that does not list every item once")
             self._note_streak((result.reason or "the sink asked to retry") if retry else None, exc)
-            if accepted:
+            if len(accepted) == len(items):
+                self._accept(items, owners)
+            elif accepted:
                 self._accept([items[i] for i in accepted], [owners[i] for i in accepted])
             if rejected:
                 await self._reject([(items[i], owners[i], why) for i, why in rejected])
@@ -323,15 +333,15 @@ class SinkRunner:
         """Count one settled item for each of `owners`; ack the messages whose items are all settled."""
         done: list[int] = []
         parts = self._parts
-        for m in owners:
-            left = parts.get(m.ack_id)
+        for ack_id, settled in Counter(map(_ack_id, owners)).items():  # a batch's readings come together
+            left = parts.get(ack_id)
             if left is None:
-                done.append(m.ack_id)
-            elif left > 1:
-                parts[m.ack_id] = left - 1
+                done.append(ack_id)
+            elif left > settled:
+                parts[ack_id] = left - settled
             else:
-                del parts[m.ack_id]
-                done.append(m.ack_id)
+                del parts[ack_id]
+                done.append(ack_id)
         if done:
             self._bus.ack(self.subscription, done)
             self._held.difference_update(done)
@@ -342,12 +352,12 @@ class SinkRunner:
         self._settle(owners)
         self._written.inc(len(items))
         now = time.time_ns()
-        latencies = []
-        for item in items:
-            received_ns = getattr(item, "received_ns", 0)  # readings, and alerts/invalidations they caused
-            if isinstance(received_ns, int) and received_ns:
-                latencies.append((now - received_ns) / 1e9)
-        observe_many(self._ingest_to_stored, latencies)
+        if set(map(type, items)) == {Reading}:
+            stamps = Counter(map(_received_ns, items))  # one publish's readings share one
+        else:  # readings, and alerts/invalidations they caused
+            stamps = Counter(getattr(item, "received_ns", 0) for item in items)
+        latencies = [((now - ns) / 1e9, n) for ns, n in stamps.items() if isinstance(ns, int) and ns]
+        observe_counted(self._ingest_to_stored, latencies)
 
     async def _reject(self, rejected: list[tuple[Any, ReceivedMessage, str]]) -> None:
         topic = self.config.dead_letter_topic
