@@ -66,6 +66,46 @@ def test_a_batch_round_trips_in_one_json_array() -> None:
     assert [type(v) for v in back.readings[2].fields.values()] == [float, int, bool, str]
 
 
+def test_a_batch_sharing_one_tags_dict_is_stored_once_per_shared_part() -> None:
+    tags = {"device_id": "d1", "site": "s1"}
+    fields: list[dict[str, Any]] = [{"t": i * 0.1, "n": i, "ok": True, "fw": "1.2"} for i in range(4)]
+    rows = [Reading("env", "d1", tags, f, 1_000 + i, 2_000) for i, f in enumerate(fields)]
+    blob = codec.encode(ReadingBatch(rows))
+    assert blob[:1] == b"C" and blob.count(b"site") == 1
+    back = codec.decode(blob)
+    assert type(back) is ReadingBatch and back.readings == rows
+    assert back.readings[0].tags is back.readings[3].tags
+    assert [type(v) for v in back.readings[2].fields.values()] == [float, int, bool, str]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tags": {"device_id": "d1", "site": "s1"}},  # equal, but another dict
+        {"measurement": "power"},
+        {"received_ns": 2_001},
+        {"device_id": "d2"},
+    ],
+    ids=repr,
+)
+def test_a_batch_sharing_less_takes_the_general_form(change: dict[str, Any]) -> None:
+    tags = {"device_id": "d1", "site": "s1"}
+    rows = [Reading("env", "d1", tags, {"t": i * 0.5}, 1_000 + i, 2_000) for i in range(3)]
+    for key, new in change.items():
+        setattr(rows[1], key, new)
+    blob = codec.encode(ReadingBatch(rows))
+    assert blob[:1] == b"B"
+    assert codec.decode(blob).readings == rows
+
+
+def test_a_shared_batch_with_values_json_cannot_carry_round_trips_reading_by_reading() -> None:
+    tags = {"device_id": "d1"}
+    rows = [Reading("env", "d1", tags, {"t": v}, 1_000 + i, 2_000) for i, v in enumerate([1.5, math.inf])]
+    blob = codec.encode(ReadingBatch(rows))
+    assert blob[:1] == b"b"
+    assert codec.decode(blob).readings[1].fields["t"] == math.inf
+
+
 def test_a_batch_with_values_json_cannot_carry_round_trips_reading_by_reading() -> None:
     batch = ReadingBatch([reading("d1", 0, t=1.5), reading("d1", 1, t=math.nan, big=2**70, neg=-math.inf)])
     blob = codec.encode(batch)
@@ -82,7 +122,21 @@ def test_an_empty_batch_or_one_holding_other_values_is_refused(bad: ReadingBatch
         codec.encode(bad)
 
 
-@pytest.mark.parametrize("blob", [b"B[]", b"B{}", b"B[[1]]", b"b" + codec.encode({"a": 1}), b"bR[1"])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"B[]",
+        b"B{}",
+        b"B[[1]]",
+        b"b" + codec.encode({"a": 1}),
+        b"bR[1",
+        b"C[]",
+        b'C["m","d",{},1,[],[]]',
+        b'C["m","d",{},1,[{"v":1}],[1,2]]',
+        b'C["m","d",{},1,{"v":1},[1]]',
+        b'C["m","d",{},1,[{"v":1}]]',
+    ],
+)
 def test_bytes_that_are_no_batch_are_refused_on_decode(blob: bytes) -> None:
     with pytest.raises(codec.CodecError):
         codec.decode(blob)
