@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -208,6 +209,7 @@ class AdminServer:
                 await self._send(writer, 400, b"bad request\n")
                 return
             method, target = parts[0], parts[1].split("?", 1)[0]
+            query = parts[1].partition("?")[2]
             if method not in ("GET", "HEAD") and not (method in _WITH_BODY and self._hooks):
                 await self._send(writer, 405, b"only GET\n")
                 return
@@ -226,7 +228,7 @@ class AdminServer:
             if method in _WITH_BODY:
                 await self._send(writer, 405, f"{method} is not supported on this path\n".encode())
                 return
-            status, body, ctype = self._route(target)
+            status, body, ctype = self._route(target, query)
             await self._send(writer, status, b"" if method == "HEAD" else body, ctype)
         except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError):
             pass
@@ -241,7 +243,7 @@ class AdminServer:
         scheme, _, credentials = authorization.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
 
-    def _route(self, target: str) -> tuple[int, bytes, str]:
+    def _route(self, target: str, query: str = "") -> tuple[int, bytes, str]:
         if target == "/healthz":
             stalled = time.monotonic() - self._beat
             if stalled > STALL_AFTER_S:
@@ -251,7 +253,10 @@ class AdminServer:
             r = self._readiness()
             return (200 if r.ready else 503), orjson.dumps({"ready": r.ready, **r.detail}), "application/json"
         if target == "/metrics":
-            return 200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST
+            # `?name[]=a&name[]=b`: only those series, as prometheus_client's own handler allows
+            names = parse_qs(query).get("name[]")
+            registry = self._metrics.registry.restricted_registry(names) if names else self._metrics.registry
+            return 200, generate_latest(registry), CONTENT_TYPE_LATEST
         return 404, b"not found: try /healthz, /readyz or /metrics\n", "text/plain"
 
     @staticmethod

@@ -95,3 +95,20 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
         await second.stop()
     finally:
         await first.stop()
+
+
+async def test_metrics_can_be_restricted_to_named_series() -> None:
+    metrics = Metrics()
+    metrics.messages_received.labels("client").inc(3)
+    admin = AdminServer("127.0.0.1", 0, metrics, lambda: Readiness(True, {}), lambda: None)
+    await admin.start()
+    try:
+        _, everything, _ = await asyncio.to_thread(get, admin.port, "/metrics")
+        query = "/metrics?name[]=gateway_messages_received_total&name[]=gateway_ingest_to_stored_seconds_bucket"
+        status, some, _ = await asyncio.to_thread(get, admin.port, query)
+    finally:
+        await admin.stop()
+    assert status == 200 and b'gateway_messages_received_total{ingress="client"} 3.0' in some
+    names = {line.split(b"{")[0].split(b" ")[0] for line in some.splitlines() if not line.startswith(b"#")}
+    assert names <= {b"gateway_messages_received_total", b"gateway_ingest_to_stored_seconds_bucket"}
+    assert len(some) < len(everything) / 4
