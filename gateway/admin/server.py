@@ -4,8 +4,9 @@
   when it has not run a callback for `STALL_AFTER_S` seconds (the body says how long).
 * `/readyz` answers 200 when the ingress is connected (client mode) or listening
   (embedded mode) and every sink is healthy, else 503; the JSON body says which part is not.
-* `/metrics` is the Prometheus text exposition of the gateway's own registry. Gauges that
-  are copied from the bus (`refresh`) are refreshed by the event loop every `BEAT_S`.
+* `/metrics` is the Prometheus text exposition of the gateway's own registry
+  (`?name[]=a&name[]=b`: only those series). Gauges that are copied from the bus
+  (`refresh`) are refreshed by the event loop every `BEAT_S`.
 
 The endpoint runs on its own thread and event loop ("admin"), so that it answers in
 milliseconds while the gateway's loop is busy draining a burst: a liveness probe must not
