@@ -103,20 +103,26 @@ def _tags(
     """Each element's tags, built in the per-element path's order (base tags, tag fields in
     schema order, then the device id when it is not a placeholder); one dict per distinct row."""
     rows: list[tuple[Any, ...]] = list(zip(*columns, devices, strict=True)) if names or device_tag else [()] * n
+    if rows.count(rows[0]) == n:  # the common case: one device, one site
+        return [_tags_of(base, names, rows[0], device_tag)] * n
     made: dict[tuple[Any, ...], dict[str, str]] = {}
     out = []
     for row in rows:
         tags = made.get(row)
         if tags is None:
-            tags = base.copy()
-            for name, value in zip(names, row, strict=False):
-                if value is not _MISSING:
-                    tags.setdefault(name, value)
-            if device_tag:
-                tags[DEVICE_ID_TAG] = row[-1]
-            made[row] = tags
+            tags = made[row] = _tags_of(base, names, row, device_tag)
         out.append(tags)
     return out
+
+
+def _tags_of(base: dict[str, str], names: tuple[str, ...], row: tuple[Any, ...], device_tag: bool) -> dict[str, str]:
+    tags = base.copy()
+    for name, value in zip(names, row, strict=False):
+        if value is not _MISSING:
+            tags.setdefault(name, value)
+    if device_tag:
+        tags[DEVICE_ID_TAG] = row[-1]
+    return tags
 
 
 def _times(stamps: list[Any], received: int, earliest: int, latest: int) -> list[int] | None:
