@@ -27,7 +27,7 @@ from pydantic_core import ValidationError
 from gateway.core.message import Reading
 from gateway.ingress.topics import DEVICE_ID_TAG
 from gateway.validation.schema import CompiledSchema
-from gateway.validation.timestamps import MS_FROM, US_FROM, parse_timestamp
+from gateway.validation.timestamps import MS_FROM, US_FROM, parse_within
 
 _MISSING: Any = object()
 
@@ -129,17 +129,8 @@ def _times(stamps: list[Any], received: int, earliest: int, latest: int) -> list
     """Epoch ns per stamp (missing: the receive time), or None if one is refused or out of skew."""
     times = []
     for stamp in stamps:
-        if stamp is _MISSING:
-            times.append(received)
-            continue
-        if type(stamp) is int and MS_FROM <= stamp < US_FROM:
-            time_ns = stamp * 1_000_000
-        else:
-            try:
-                time_ns = parse_timestamp(stamp)
-            except ValueError:
-                return None
-        if not earliest <= time_ns <= latest:
+        time_ns = received if stamp is _MISSING else parse_within(stamp, earliest, latest)
+        if time_ns is None:
             return None
         times.append(time_ns)
     return times

@@ -12,7 +12,7 @@ How it stays equal: value fields are checked by `CompiledSchema.validate_values`
 pydantic annotations, over the value fields alone); tag fields, device id, tags and clock
 skew repeat the detailed path's rules inline, with exact `type(...) is` tests (orjson makes
 only exact `str`, `int`, `float`, ...; anything else takes the detailed way); timestamps
-other than positive epoch milliseconds go through the same `parse_timestamp`. A reader
+other than positive epoch milliseconds go through the same `parse_timestamp` (`parse_within`). A reader
 raises only what `parse_timestamp` raises other than ValueError, which the detailed path
 would raise too.
 
@@ -32,7 +32,7 @@ from gateway.core.message import Reading
 from gateway.ingress.topics import DEVICE_ID_TAG, RouteConfig
 from gateway.validation.fastbatch import BatchReader
 from gateway.validation.schema import CompiledSchema
-from gateway.validation.timestamps import MS_FROM, US_FROM, parse_timestamp
+from gateway.validation.timestamps import parse_within
 
 _MISSING: Any = object()
 
@@ -123,15 +123,10 @@ def make_reader(schema: CompiledSchema) -> Reader:
         if stamp is _MISSING:
             time_ns = received
         else:
-            if type(stamp) is int and MS_FROM <= stamp < US_FROM:  # positive epoch ms, the commonest form
-                time_ns = stamp * 1_000_000
-            else:
-                try:
-                    time_ns = parse_timestamp(stamp)
-                except ValueError:
-                    return None
-            if not earliest <= time_ns <= latest:  # the detailed path's skew check, rearranged
+            within = parse_within(stamp, earliest, latest)  # the detailed path's skew check, rearranged
+            if within is None:
                 return None
+            time_ns = within
         return Reading(measurement, device, tags, fields, time_ns, received)
 
     return read
