@@ -137,20 +137,8 @@ def decode(blob: bytes) -> Any:
         if tag == _BATCH_SHARED:
             measurement, device, tags, received, fields, times = orjson.loads(blob[1:])
             if type(fields) is list and fields and type(times) is list and len(times) == len(fields):
-                n = len(fields)
-                return ReadingBatch(
-                    list(
-                        map(
-                            Reading,
-                            repeat(measurement, n),
-                            repeat(device),
-                            repeat(tags),
-                            fields,
-                            times,
-                            repeat(received),
-                        )
-                    )
-                )
+                same = repeat(measurement), repeat(device), repeat(tags)  # map stops with `fields`
+                return ReadingBatch(list(map(Reading, *same, fields, times, repeat(received))))
             raise CodecError("stored reading batch has no readings, or fields and times of unequal counts")
         if tag == _BATCH:
             rows = orjson.loads(blob[1:])
