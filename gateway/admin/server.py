@@ -209,8 +209,8 @@ class AdminServer:
             if len(parts) < 2:
                 await self._send(writer, 400, b"bad request\n")
                 return
-            method, target = parts[0], parts[1].split("?", 1)[0]
-            query = parts[1].partition("?")[2]
+            method = parts[0]
+            target, _, query = parts[1].partition("?")
             if method not in ("GET", "HEAD") and not (method in _WITH_BODY and self._hooks):
                 await self._send(writer, 405, b"only GET\n")
                 return
