@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.message import FieldValue, Reading
+from gateway.sinks import lineprotocol_lines
 from gateway.sinks.lineprotocol import LineProtocolError, Precision, encode_reading
 from gateway.sinks.lineprotocol_lines import encode_batch, encode_lines
 from gateway.sinks.lineprotocol_parse import parse_line
@@ -426,12 +427,19 @@ def test_runs_of_one_shape_equal_encode_reading_item_by_item(rows: list[object],
     assert good == expected_good and sorted(rejected) == expected_bad
 
 
-def test_a_long_plain_run_is_one_bulk_format() -> None:
+def test_a_long_plain_run_is_one_bulk_format(monkeypatch: pytest.MonkeyPatch) -> None:
     tags = {"device_id": "d1", "site": "s1"}
     rows = [
         Reading("env", "d1", tags, {"t": 20.0 + i / 8, "n": i, "ok": i % 2 == 0, "fw": "1.3"}, T + i) for i in range(50)
     ]
-    body, good, rejected = encode_lines(rows, "ms")
+
+    def one_by_one(*_: object) -> str:
+        raise AssertionError("a reading of a plain run was encoded one by one")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lineprotocol_lines, "field_set", one_by_one)
+        patch.setattr(lineprotocol_lines, "encode_reading", one_by_one)
+        body, good, rejected = encode_lines(rows, "ms")
     assert good == list(range(50)) and not rejected
     assert body.decode().splitlines() == [encode_reading(r, "ms") for r in rows]
     assert (
