@@ -106,7 +106,7 @@ def _field_value(key: str, value: object) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise LineProtocolError(f"field {key!r} is {value!r}; line protocol has no NaN or infinity")
-        return _float_text(float(value))
+        return orjson.dumps(float(value)).decode()  # see the module docstring: floats as orjson spells them
     if isinstance(value, str):
         text = str(value)
         if _STRING_SPECIAL.search(text) is not None:
@@ -135,11 +135,6 @@ def cached_head(measurement: str, tags: dict[str, str]) -> str:
         if len(_head_cache) < CACHE_LIMIT:
             _head_cache[key] = head
     return head
-
-
-def _float_text(value: float) -> str:
-    """A finite float as orjson spells it: the shortest text that reads back to the same bits."""
-    return orjson.dumps(value).decode()
 
 
 def field_prefix(key: str) -> str:
