@@ -27,7 +27,7 @@ from pydantic_core import ValidationError
 from gateway.core.message import Reading
 from gateway.ingress.topics import DEVICE_ID_TAG
 from gateway.validation.schema import CompiledSchema
-from gateway.validation.timestamps import MS_FROM, US_FROM, parse_within
+from gateway.validation.timestamps import parse_column, parse_within
 
 _MISSING: Any = object()
 
@@ -78,15 +78,12 @@ def make_batch_reader(schema: CompiledSchema) -> BatchReader:
         tags = _tags(base, tag_names, columns, devices, topic_device is None, n)
 
         stamps = list(map(get_stamp, elements))
-        if set(map(type, stamps)) == {int} and min(stamps) >= MS_FROM and max(stamps) < US_FROM:
-            times = [stamp * 1_000_000 for stamp in stamps]  # positive epoch ms, the commonest form
-            if min(times) < earliest or max(times) > latest:
-                return None
+        if _MISSING in stamps:  # the receive time for those: value by value
+            times = _times(stamps, received, earliest, latest)
         else:
-            checked = _times(stamps, received, earliest, latest)
-            if checked is None:
-                return None
-            times = checked
+            times = parse_column(stamps, earliest, latest)
+        if times is None:
+            return None
         return list(map(Reading, repeat(measurement, n), devices, tags, fields, times, repeat(received, n)))
 
     return read_many

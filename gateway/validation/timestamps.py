@@ -29,6 +29,9 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import add, attrgetter, floordiv, mul, sub
+from typing import cast
 
 from gateway.validation.schema import json_kind
 
@@ -39,6 +42,9 @@ US_FROM = 10**14
 NS_FROM = 10**17
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FRACTION = re.compile(r"[.,](\d+)")
+_LONG_FRACTION = re.compile(r"[.,]\d{7}")  # fraction digits beyond microseconds
+_MICROSECOND = timedelta(microseconds=1)
+_tzinfo = attrgetter("tzinfo")
 _MAX_TEXT = 64
 _isfinite = math.isfinite
 
@@ -77,6 +83,67 @@ def parse_within(value: object, earliest: int, latest: int) -> int | None:
         except ValueError:
             return None
     return ns if earliest <= ns <= latest else None
+
+
+def parse_column(values: list[object], earliest: int, latest: int) -> list[int] | None:
+    """`[parse_within(v, earliest, latest) for v in values]` when no value is refused, else
+    None; for a column of one JSON type it takes a few C-level passes instead of Python
+    work per value (the decoder's batch fast path). A column of integers in one unit, of
+    finite floats, or of RFC 3339 texts with at most microsecond fractions is converted
+    column-wise; any other column is converted value by value, with the same results."""
+    kinds = set(map(type, values))
+    times: list[int] | None = None
+    if kinds == {int}:
+        ints = cast("list[int]", values)
+        factor = _unit_factor(min(ints), max(ints))
+        if factor is not None:
+            times = list(map(mul, ints, repeat(factor)))
+    elif kinds == {str}:
+        texts = cast("list[str]", values)
+        if _LONG_FRACTION.search("\n".join(texts)) is None:
+            try:
+                moments = list(map(datetime.fromisoformat, map(str.upper, texts)))
+            except ValueError:
+                return None
+            if None in map(_tzinfo, moments):  # no UTC offset (fromisoformat's offsets are fixed)
+                return None
+            deltas = map(sub, moments, repeat(_EPOCH))
+            times = list(map(mul, map(floordiv, deltas, repeat(_MICROSECOND)), repeat(1_000)))
+    elif kinds == {float}:
+        floats = cast("list[float]", values)
+        factor = _unit_factor(min(floats), max(floats)) if all(map(_isfinite, floats)) else None
+        if factor is not None:  # _from_float's steps, a column at a time
+            wholes = list(map(int, floats))
+            parts = map(round, map(mul, map(sub, floats, wholes), repeat(factor)))
+            times = list(map(add, map(mul, wholes, repeat(factor)), parts))
+    if times is None:
+        checked = []
+        for value in values:
+            time_ns = parse_within(value, earliest, latest)
+            if time_ns is None:
+                return None
+            checked.append(time_ns)
+        return checked
+    return times if earliest <= min(times) and max(times) <= latest else None
+
+
+def _unit_factor(low: float, high: float) -> int | None:
+    """The factor to nanoseconds shared by epoch numbers from `low` to `high`; None when
+    they are not all of one unit or some are negative (see `_from_int` and `_from_float`,
+    whose bounds are the same)."""
+    if low < 0:
+        return None
+    if high < MS_FROM:
+        return 1_000_000_000
+    if low < MS_FROM:
+        return None
+    if high < US_FROM:
+        return 1_000_000
+    if low < US_FROM:
+        return None
+    if high < NS_FROM:
+        return 1_000
+    return 1 if low >= NS_FROM else None
 
 
 def _from_int(value: int) -> int:
