@@ -408,6 +408,49 @@ def _runs(draw: st.DrawFn) -> list[object]:
 def test_runs_of_one_shape_equal_encode_reading_item_by_item(rows: list[object], precision: Precision) -> None:
     """The bulk path for runs (one orjson call per run) against the definition, with every
     value that must send a run back to the reading-by-reading path."""
+    _assert_as_item_by_item(rows, precision)
+
+
+_odd_tags = [{"device_id": "d 1"}, {}, {"k%": "v%d"}, {"d": "new\nline"}, {"": "x"}]
+_device_tags = st.integers(0, 40).flatmap(
+    lambda d: st.sampled_from(_odd_tags) if d == 0 else st.just({"device_id": f"d{d}", "site": f"s{d % 3}"})
+)
+_loose_columns = [*_columns[:3], st.sampled_from(["fw-1.3", "", "%s", "100%", "ünï", "nullable"])]
+
+
+@st.composite
+def _loose(draw: st.DrawFn) -> list[object]:
+    """Single readings of many devices (other tags each time), sharing a few sets of field
+    keys; now and then a value of another type or one that line protocol refuses, an odd
+    timestamp or measurement, a reordered key, or an item that is not a reading."""
+    shapes = [draw(_run_shape)[2] for _ in range(draw(st.integers(1, 3)))]
+    columns = {key: draw(st.sampled_from(_loose_columns)) for keys in shapes for key in keys}
+    items: list[object] = []
+    for _ in range(draw(st.integers(12, 60))):
+        if draw(st.integers(0, 60)) == 0:
+            items.append("not a reading")
+            continue
+        keys = draw(st.sampled_from(shapes))
+        fields = {key: draw(_odd if draw(st.integers(0, 120)) == 0 else columns[key]) for key in keys}
+        if len(fields) > 1 and draw(st.integers(0, 60)) == 0:
+            fields = dict(reversed(fields.items()))
+        measurement = draw(st.sampled_from(["env", "m%s", "#bad"])) if draw(st.integers(0, 60)) == 0 else "env"
+        stamp = draw(st.sampled_from(["1", 1.5]) if draw(st.integers(0, 80)) == 0 else st.integers(0, 2**62))
+        items.append(Reading(measurement, "d", draw(_device_tags), fields, stamp))
+    return items
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows=_loose(), precision=st.sampled_from(["ns", "us", "ms", "s"]))
+def test_single_readings_of_many_devices_equal_encode_reading_item_by_item(
+    rows: list[object], precision: Precision
+) -> None:
+    """The grouping of single readings by field keys (`_encode_loose`) against the definition:
+    every line in its item's place, every refusal as reading by reading."""
+    _assert_as_item_by_item(rows, precision)
+
+
+def _assert_as_item_by_item(rows: list[object], precision: Precision) -> None:
     expected_lines, expected_good, expected_bad = [], [], []
     for i, item in enumerate(rows):
         try:
@@ -425,6 +468,33 @@ def test_runs_of_one_shape_equal_encode_reading_item_by_item(rows: list[object],
         pytest.fail("a reading that cannot be encoded was kept")
     assert body == "\n".join(expected_lines).encode()
     assert good == expected_good and sorted(rejected) == expected_bad
+
+
+def test_single_readings_of_many_devices_are_formatted_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two shapes of field keys, interleaved: two groups, each line in its item's place."""
+    rows = [
+        Reading(
+            "env",
+            f"d{i}",
+            {"device_id": f"d{i}", "site": f"s{i % 3}"},
+            {"t": 20.0 + i / 8, "n": i} if i % 2 else {"t": 20.0 + i / 8, "fw": f"1.{i}", "ok": i % 4 == 0},
+            T + i,
+        )
+        for i in range(40)
+    ]
+    rows.insert(7, Reading("env", "dx", {"device_id": "dx"}, {"t": 1.5}, T))  # other keys: one by one
+    expected = [encode_reading(r, "us") for r in rows]
+
+    def one_by_one(*_: object) -> str:
+        raise AssertionError("a reading of a plain group was encoded one by one")
+
+    with monkeypatch.context() as patch:
+        real = lineprotocol_lines.field_set
+        patch.setattr(lineprotocol_lines, "field_set", lambda f: one_by_one() if len(f) > 1 else real(f))
+        patch.setattr(lineprotocol_lines, "encode_reading", one_by_one)
+        body, good, rejected = encode_lines(rows, "us")
+    assert good == list(range(41)) and not rejected
+    assert body.decode().splitlines() == expected
 
 
 def test_a_long_plain_run_is_one_bulk_format(monkeypatch: pytest.MonkeyPatch) -> None:
