@@ -7,9 +7,10 @@ text with lone surrogates (not UTF-8), and keeps the rest. Its output equals
 * a run of at least `MIN_RUN` readings of one shape (measurement, tags, field keys in order,
   the exact type of every value; one device's batch, typically) is formatted in bulk: one
   `orjson.dumps` of all its values, one `%` format of all its lines;
-* between such runs, at least `MIN_RUN` readings with the same field keys in order and
-  values of the same types (single readings of many devices, typically) are formatted the
-  same way, each line with its own head (measurement and tags), and keep their places;
+* between such runs, when `MIN_LOOSE` readings or more lie there, at least `MIN_RUN` of
+  them with the same field keys in order and values of the same types (single readings of
+  many devices, typically) are formatted the same way, each line with its own head
+  (measurement and tags), and keep their places;
 * anything else, and readings with any doubt, are encoded reading by reading, which decides
   and words every refusal.
 """
