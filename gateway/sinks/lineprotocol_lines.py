@@ -115,8 +115,7 @@ def _run_end(first: Reading, items: Sequence[object], start: int) -> int:
 
 def _plain_run(items: Sequence[object], start: int, end: int, divisor: int) -> str | None:
     """The lines of the run `items[start:end]` (see `_run_end`), or None if it is not plain
-    (see `_plain_tokens`): then its readings are encoded one by one, which decides and words
-    any refusal."""
+    (see `_plain_tokens`): then its readings are encoded one by one, which words any refusal."""
     first: Reading = items[start]  # type: ignore[assignment]  # see _run_end
     plain = _plain_tokens(items[start:end], divisor)  # type: ignore[arg-type]
     if plain is None:
