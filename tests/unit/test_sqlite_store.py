@@ -3,6 +3,7 @@ errors as retry, and the query function the CLI uses."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from datetime import timedelta
@@ -176,6 +177,40 @@ async def test_locked_database_means_retry_then_recovers(tmp_path: Path) -> None
     result = await sink.write([reading()])
     assert result.accepted == [0] and sink.healthy()
     await sink.close()
+
+
+async def test_a_write_waits_for_another_writer_within_the_busy_timeout(tmp_path: Path) -> None:
+    """The batch's one statement takes the write lock as it starts, through the busy handler:
+    a lock released within `busy_timeout` delays the write instead of failing it."""
+    sink = await open_sink(tmp_path, busy_timeout=timedelta(seconds=5))
+    other = sqlite3.connect(sink.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO points VALUES ('env', '{}', 1, 'x', '{\"v\": 1}')")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, other.execute, "COMMIT")
+    started = time.monotonic()
+    result = await sink.write([reading(), reading(t=NOW + 1)])
+    assert result.accepted == [0, 1] and time.monotonic() - started >= 0.25
+    other.close()
+    await sink.close()
+    assert len(query_readings(sink.path, "d1", None, None, None)) == 2
+
+
+async def test_a_batch_failing_part_way_leaves_nothing_written(tmp_path: Path) -> None:
+    """One statement is one transaction: a failure on a later row undoes the earlier rows."""
+    sink = await open_sink(tmp_path)
+    other = sqlite3.connect(sink.path, isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON points WHEN NEW.device_id = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    )
+    other.close()
+    result = await sink.write([reading(), reading(t=NOW + 1), reading(device="boom"), reading(t=NOW + 2)])
+    assert result.retry == [0, 1, 2, 3] and "boom" in result.reason
+    assert query_readings(sink.path, None, None, None, None) == []
+    result = await sink.write([reading(), reading(t=NOW + 1)])
+    assert result.accepted == [0, 1]
+    await sink.close()
+    assert len(query_readings(sink.path, None, None, None, None)) == 2
 
 
 async def test_unopenable_path_means_retry_not_an_exception(tmp_path: Path) -> None:
