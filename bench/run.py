@@ -78,7 +78,7 @@ METHOD = [
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a sixth of the full counts: under 2 minutes")
+    p.add_argument("--quick", action="store_true", help="a fifteenth of the full counts: about 2 minutes")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--count", type=int, help="messages per workload (overrides the defaults)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
