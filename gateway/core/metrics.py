@@ -165,25 +165,30 @@ class Metrics:
         )
 
 
-def observe_counted(histogram: Histogram, counted: list[tuple[float, int]]) -> None:
-    """`histogram.observe(a)` `n` times for every `(a, n)`, with one counter update per bucket
-    hit instead of one per observation (the sink runner observes every reading it writes;
-    the readings of one publish share one latency).
+def observe_ages(histogram: Histogram, now_ns: int, stamps: list[int]) -> None:
+    """`histogram.observe((now_ns - s) / 1e9)` for every epoch-ns stamp in `stamps`, in any
+    order, with one sort, one binary search per bucket and one counter update per bucket hit
+    instead of a locked `observe` per stamp (the sink runner observes every reading it writes).
 
-    prometheus_client has no bulk observe, so this uses its `_upper_bounds`, `_buckets` and
-    `_sum`; `tests/unit/test_metrics_observe_counted.py` checks the result against `observe`,
-    so a change of those internals fails there, not in production.
+    Bucket counts are exactly those of `observe` one by one (the ages are computed by the same
+    expression); the sum is computed exactly in integers and rounded once. prometheus_client
+    has no bulk observe, so this uses its `_upper_bounds`, `_buckets` and `_sum`;
+    `tests/unit/test_metrics_observe_ages.py` checks the result against `observe`, so a change
+    of those internals fails there, not in production.
     """
-    if not counted:
+    if not stamps:
         return
-    bounds = histogram._upper_bounds
-    hits: dict[int, int] = {}
-    total = 0.0
-    for amount, n in counted:
-        i = bisect.bisect_left(bounds, amount)
-        if i < len(bounds):  # past the last bound (NaN): no bucket, as observe does
-            hits[i] = hits.get(i, 0) + n
-        total += amount * n
-    histogram._sum.inc(total)
-    for i, n in hits.items():
-        histogram._buckets[i].inc(n)
+    ordered = sorted(stamps, reverse=True)  # newest first: ages ascending
+
+    def age(stamp: int) -> float:
+        return (now_ns - stamp) / 1e9
+
+    below, n = 0, len(ordered)
+    for i, bound in enumerate(histogram._upper_bounds):
+        upto = bisect.bisect_right(ordered, bound, lo=below, key=age)
+        if upto > below:
+            histogram._buckets[i].inc(upto - below)
+            below = upto
+            if below == n:
+                break
+    histogram._sum.inc((now_ns * n - sum(stamps)) / 1e9)

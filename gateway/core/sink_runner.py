@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 from gateway.core.backoff import Backoff
 from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
 from gateway.core.message import Reading, ReadingBatch, dead_letter_for
-from gateway.core.metrics import Metrics, observe_counted
+from gateway.core.metrics import Metrics, observe_ages
 from gateway.core.rate_limit import TokenBucket
 from gateway.core.runner_config import RunnerConfig
 from gateway.core.sink import Sink, WriteResult
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _received_ns = attrgetter("received_ns")
 _ack_id = attrgetter("ack_id")
+_data = attrgetter("data")
 _Sorted = tuple[list[int], list[tuple[int, str]], list[int], list[int]]
 
 
@@ -253,8 +254,29 @@ class SinkRunner:
                     self._bus.extend(self.subscription, list(self._held))
 
     async def _deliver(self, batch: list[ReceivedMessage]) -> None:
-        ids = [m.ack_id for m in batch]
+        ids = list(map(_ack_id, batch))
         self._held.update(ids)
+        datas = list(map(_data, batch))
+        if set(map(type, datas)) == {Reading}:  # the common case: one reading per message
+            stamps = list(map(_received_ns, datas))
+            self._held_ns.update(zip(ids, stamps, strict=True))
+            self._pulled_max_ns = max(self._pulled_max_ns, max(stamps))
+            items, owners = datas, batch
+        else:
+            items, owners = self._unpack(batch)
+        try:
+            await self._write_until_settled(items, owners)
+        except BusClosed:
+            self._log(logging.WARNING, "bus closed while settling a batch; it stays unacked")
+        finally:
+            self._held.difference_update(ids)
+            for i in ids:  # those not settled: the write was cancelled or the bus closed
+                self._held_ns.pop(i, None)
+                self._parts.pop(i, None)
+
+    def _unpack(self, batch: list[ReceivedMessage]) -> tuple[list[Any], list[ReceivedMessage]]:
+        """The items of `batch` (a `ReadingBatch` gives its readings) and, for each, its message;
+        held readings' receive times noted for `stored_watermark`."""
         items: list[Any] = []
         owners: list[ReceivedMessage] = []
         for m in batch:
@@ -274,15 +296,7 @@ class SinkRunner:
                 continue
             self._held_ns[m.ack_id] = received_ns
             self._pulled_max_ns = max(self._pulled_max_ns, received_ns)
-        try:
-            await self._write_until_settled(items, owners)
-        except BusClosed:
-            self._log(logging.WARNING, "bus closed while settling a batch; it stays unacked")
-        finally:
-            self._held.difference_update(ids)
-            for i in ids:
-                self._held_ns.pop(i, None)
-                self._parts.pop(i, None)
+        return items, owners
 
     async def _write_until_settled(self, items: list[Any], owners: list[ReceivedMessage]) -> None:
         """Write `items` (`owners[i]` is the bus message `items[i]` came from) until each is settled."""
@@ -331,33 +345,35 @@ class SinkRunner:
 
     def _settle(self, owners: list[ReceivedMessage]) -> None:
         """Count one settled item for each of `owners`; ack the messages whose items are all settled."""
-        done: list[int] = []
         parts = self._parts
-        for ack_id, settled in Counter(map(_ack_id, owners)).items():  # a batch's readings come together
-            left = parts.get(ack_id)
-            if left is None:
-                done.append(ack_id)
-            elif left > settled:
-                parts[ack_id] = left - settled
-            else:
-                del parts[ack_id]
-                done.append(ack_id)
+        if parts:
+            done: list[int] = []
+            for ack_id, settled in Counter(map(_ack_id, owners)).items():  # a batch's readings come together
+                left = parts.get(ack_id)
+                if left is None:
+                    done.append(ack_id)
+                elif left > settled:
+                    parts[ack_id] = left - settled
+                else:
+                    del parts[ack_id]
+                    done.append(ack_id)
+        else:  # no ReadingBatch held: every owner is a message of one item, listed once
+            done = list(map(_ack_id, owners))
         if done:
             self._bus.ack(self.subscription, done)
             self._held.difference_update(done)
+            held_ns = self._held_ns
             for i in done:
-                self._held_ns.pop(i, None)
+                held_ns.pop(i, None)
 
     def _accept(self, items: list[Any], owners: list[ReceivedMessage]) -> None:
         self._settle(owners)
         self._written.inc(len(items))
-        now = time.time_ns()
         if set(map(type, items)) == {Reading}:
-            stamps = Counter(map(_received_ns, items))  # one publish's readings share one
-        else:  # readings, and alerts/invalidations they caused
-            stamps = Counter(getattr(item, "received_ns", 0) for item in items)
-        latencies = [((now - ns) / 1e9, n) for ns, n in stamps.items() if isinstance(ns, int) and ns]
-        observe_counted(self._ingest_to_stored, latencies)
+            stamps = list(map(_received_ns, items))
+        else:  # readings, and alerts/invalidations they caused (no receive time: not observed)
+            stamps = [ns for item in items if type(ns := getattr(item, "received_ns", 0)) is int and ns]
+        observe_ages(self._ingest_to_stored, time.time_ns(), stamps)
 
     async def _reject(self, rejected: list[tuple[Any, ReceivedMessage, str]]) -> None:
         topic = self.config.dead_letter_topic
