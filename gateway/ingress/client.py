@@ -43,9 +43,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections import deque
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -191,9 +191,10 @@ class ClientIngress:
 
     def _open_client(self, tls: ssl.SSLContext | None, queue: deque[Incoming]) -> aiomqtt.Client:
         append = queue.append
+        incoming = partial(tuple.__new__, Incoming)  # Incoming(...) without its Python-level __new__
 
-        def on_publish(topic: str, payload: bytes, qos: int, mid: int) -> None:
-            append(Incoming(topic, payload, qos, mid, time.time_ns()))
+        def on_publish(topic: str, payload: bytes, qos: int, mid: int, received_ns: int) -> None:
+            append(incoming((topic, payload, qos, mid, received_ns)))
             gate.added(len(payload))
             wake = self._wake
             if wake is not None and not wake.done():

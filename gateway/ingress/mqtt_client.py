@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from gateway.ingress.config import ClientIngressConfig
 
 READ_SIZE = 256 * 1024
-OnPublish = Callable[[str, bytes, int, int], None]  # topic, payload, qos, packet id (0 for QoS 0)
+OnPublish = Callable[[str, bytes, int, int, int], None]  # topic, payload, qos, packet id (0 for QoS 0), received ns
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _PUBACK = 0x40
@@ -110,26 +110,34 @@ class PublishReader:
             self._eof = True
             return self._to_paho()
         inner._last_msg_in = time.monotonic()
-        buf = self._buf
-        buf += data
-        pos = self._split(buf)
-        if pos:
-            del buf[:pos]
+        if self._buf:  # the start of a packet from the last read
+            data = bytes(self._buf) + data
+        pos = self._split(data, time.time_ns())
+        self._buf = bytearray(data[pos:]) if pos < len(data) else bytearray()
         return self._to_paho() if self._feed else _SUCCESS
 
-    def _split(self, buf: bytearray) -> int:
-        """Handle every complete packet in `buf`; return the offset of the first incomplete one."""
+    def _split(self, buf: bytes, received_ns: int) -> int:
+        """Handle every complete packet in `buf` (read from the socket at `received_ns`, the
+        receive time of every publish completed in it); return the offset of the first
+        incomplete one.
+
+        `buf` is `bytes`, so a slice of it is one copy (a `bytearray` slice would be copied
+        again into `bytes`); remaining lengths under 128 are read inline."""
         n = len(buf)
         pos = 0
         on_publish = self._on_publish
         while n - pos >= 2:
             first = buf[pos]
-            length, i = read_varint(buf, pos + 1, n)
-            if length < 0:
-                if length == -2:  # malformed: let paho see it and close the connection
-                    self._feed += buf[pos:]
-                    return n
-                break
+            length = buf[pos + 1]
+            if length < 0x80:
+                i = pos + 2
+            else:
+                length, i = read_varint(buf, pos + 1, n)
+                if length < 0:
+                    if length == -2:  # malformed: let paho see it and close the connection
+                        self._feed += buf[pos:]
+                        return n
+                    break
             end = i + length
             if end > n:
                 break
@@ -140,7 +148,7 @@ class PublishReader:
                 except ValueError:  # truncated fields: malformed, paho closes
                     self._feed += buf[pos:]
                     return n
-                on_publish(topic, payload, qos, mid)
+                on_publish(topic, payload, qos, mid, received_ns)
             else:
                 self._feed += buf[pos:end]
                 if self._to_paho() != _SUCCESS:
@@ -148,28 +156,30 @@ class PublishReader:
             pos = end
         return pos
 
-    def _publish(self, buf: bytearray, i: int, end: int, qos: int) -> tuple[str, bytes, int]:
+    def _publish(self, buf: bytes, i: int, end: int, qos: int) -> tuple[str, bytes, int]:
         if i + 2 > end:
             raise ValueError("truncated topic length")
         t_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
-        raw_topic = bytes(buf[i + 2 : t_end])
         mid = 0
         p = t_end
         if qos:
             mid = (buf[p] << 8) | buf[p + 1] if p + 2 <= end else -1
             p += 2
         if self._v5:
-            props, p = read_varint(buf, p, end)
-            if props < 0:
-                raise ValueError("bad properties length")
-            p += props
+            if p < end and buf[p] < 0x80:  # the usual: no properties or a few
+                p += 1 + buf[p]
+            else:
+                props, p = read_varint(buf, p, end)
+                if props < 0:
+                    raise ValueError("bad properties length")
+                p += props
         if p > end or mid < 0:
             raise ValueError("truncated publish")
         try:
-            topic = raw_topic.decode("utf-8")
+            topic = buf[i + 2 : t_end].decode("utf-8")
         except UnicodeDecodeError:  # not valid MQTT; let validation dead-letter it
-            topic = raw_topic.decode("utf-8", "backslashreplace")
-        return topic, bytes(buf[p:end]), mid
+            topic = buf[i + 2 : t_end].decode("utf-8", "backslashreplace")
+        return topic, buf[p:end], mid
 
     def _to_paho(self) -> MQTTErrorCode:
         """Let paho read what was fed to it (and the end of stream or error, if any)."""
