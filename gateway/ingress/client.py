@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
@@ -193,8 +194,10 @@ class ClientIngress:
         append = queue.append
         incoming = partial(tuple.__new__, Incoming)  # Incoming(...) without its Python-level __new__
 
-        def on_publish(topic: str, payload: bytes, qos: int, mid: int, received_ns: int) -> None:
-            append(incoming((topic, payload, qos, mid, received_ns)))
+        def on_publish(topic: str, payload: bytes, qos: int, mid: int) -> None:
+            # Its own receive time per message: a reading without a timestamp takes it, and two
+            # of one device sharing one (say, one per socket read) would be one point in a store.
+            append(incoming((topic, payload, qos, mid, time.time_ns())))
             gate.added(len(payload))
             wake = self._wake
             if wake is not None and not wake.done():

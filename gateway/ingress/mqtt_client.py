@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from gateway.ingress.config import ClientIngressConfig
 
 READ_SIZE = 256 * 1024
-OnPublish = Callable[[str, bytes, int, int, int], None]  # topic, payload, qos, packet id (0 for QoS 0), received ns
+OnPublish = Callable[[str, bytes, int, int], None]  # topic, payload, qos, packet id (0 for QoS 0)
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _PUBACK = 0x40
@@ -112,14 +112,12 @@ class PublishReader:
         inner._last_msg_in = time.monotonic()
         if self._buf:  # the start of a packet from the last read
             data = bytes(self._buf) + data
-        pos = self._split(data, time.time_ns())
+        pos = self._split(data)
         self._buf = bytearray(data[pos:]) if pos < len(data) else bytearray()
         return self._to_paho() if self._feed else _SUCCESS
 
-    def _split(self, buf: bytes, received_ns: int) -> int:
-        """Handle every complete packet in `buf` (read from the socket at `received_ns`, the
-        receive time of every publish completed in it); return the offset of the first
-        incomplete one.
+    def _split(self, buf: bytes) -> int:
+        """Handle every complete packet in `buf`; return the offset of the first incomplete one.
 
         `buf` is `bytes`, so a slice of it is one copy (a `bytearray` slice would be copied
         again into `bytes`); remaining lengths under 128 are read inline."""
@@ -148,7 +146,7 @@ class PublishReader:
                 except ValueError:  # truncated fields: malformed, paho closes
                     self._feed += buf[pos:]
                     return n
-                on_publish(topic, payload, qos, mid, received_ns)
+                on_publish(topic, payload, qos, mid)
             else:
                 self._feed += buf[pos:end]
                 if self._to_paho() != _SUCCESS:
