@@ -76,7 +76,7 @@ class PublishReader:
         self._inner = inner
         self._v5 = v5
         self._on_publish = on_publish
-        self._buf = bytearray()
+        self._buf = bytearray()  # bytes read but not yet handled: the start of a packet
         self._feed = bytearray()  # bytes handed to paho (not PUBLISH), read through _paho_recv
         self._error: BaseException | None = None
         self._eof = False
@@ -110,10 +110,17 @@ class PublishReader:
             self._eof = True
             return self._to_paho()
         inner._last_msg_in = time.monotonic()
-        if self._buf:  # the start of a packet from the last read
-            data = bytes(self._buf) + data
-        pos = self._split(data)
-        self._buf = bytearray(data[pos:]) if pos < len(data) else bytearray()
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        if n >= 2:
+            length, start = read_varint(buf, 1, n)
+            if length == -1 or start + length > n:  # the first packet is not complete: no copy yet
+                return self._to_paho() if self._feed else _SUCCESS
+        # One copy per read that completes packets, so a large packet arriving over many
+        # reads is copied once, not once per read.
+        pos = self._split(bytes(buf))
+        del buf[:pos]
         return self._to_paho() if self._feed else _SUCCESS
 
     def _split(self, buf: bytes) -> int:

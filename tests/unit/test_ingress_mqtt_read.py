@@ -60,6 +60,24 @@ def test_publishes_split_anywhere_arrive_whole_and_in_order(v5: bool) -> None:
     ]
 
 
+def test_a_large_publish_over_many_reads_is_parsed_once_it_is_complete() -> None:
+    """Bytes of an incomplete packet wait in the buffer without being copied for parsing on
+    every read (that would cost the square of its size)."""
+    big = publish(b"devices/big/telemetry", b"x" * 1_000_000, 1, 9, True)
+    small = publish(b"devices/s/telemetry", b"{}", 0, 0, True)
+    stream = big + small
+    chunks = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    reads = len(chunks)
+    inner, got = reader(True, chunks)  # the socket takes the chunks from the list
+    parsed: list[int] = []
+    split = inner.loop_read.__self__._split
+    inner.loop_read.__self__._split = lambda buf: parsed.append(len(buf)) or split(buf)
+    for _ in range(reads):
+        assert inner.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert got == [("devices/big/telemetry", b"x" * 1_000_000, 1, 9), ("devices/s/telemetry", b"{}", 0, 0)]
+    assert sum(parsed) < 2 * len(stream)
+
+
 def test_other_packets_go_to_paho_in_stream_order() -> None:
     pingresp = b"\xd0\x00"
     stream = publish(b"t/1", b"a", 0, 0, True) + pingresp + publish(b"t/2", b"b", 0, 0, True)
