@@ -72,11 +72,10 @@ async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Fu
     held: list[asyncio.Future[None]] = []
     valid = n_readings = 0
     meta, detector, own = gw.processors.meta, gw.processors.detector, gw._own_clients
-    watch_meta = meta is not None and detector is not None and bool(meta)  # once: bool(meta) copies its routes
     for raw in raws:
         if own and raw.client_id in own:
             continue
-        if watch_meta and meta.device_of(raw.topic) is not None:
+        if meta and detector is not None and meta.device_of(raw.topic) is not None:
             await _hand_over(gw, readings, dead, held)
             for future in held:  # what precedes it is published, as Gateway.handle would see it
                 await future

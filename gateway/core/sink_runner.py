@@ -256,14 +256,7 @@ class SinkRunner:
     async def _deliver(self, batch: list[ReceivedMessage]) -> None:
         ids = list(map(_ack_id, batch))
         self._held.update(ids)
-        datas = list(map(_data, batch))
-        if set(map(type, datas)) == {Reading}:  # the common case: one reading per message
-            stamps = list(map(_received_ns, datas))
-            self._held_ns.update(zip(ids, stamps, strict=True))
-            self._pulled_max_ns = max(self._pulled_max_ns, max(stamps))
-            items, owners = datas, batch
-        else:
-            items, owners = self._unpack(batch)
+        items, owners = self._unpack(batch, ids)
         try:
             await self._write_until_settled(items, owners)
         except BusClosed:
@@ -274,9 +267,15 @@ class SinkRunner:
                 self._held_ns.pop(i, None)
                 self._parts.pop(i, None)
 
-    def _unpack(self, batch: list[ReceivedMessage]) -> tuple[list[Any], list[ReceivedMessage]]:
-        """The items of `batch` (a `ReadingBatch` gives its readings) and, for each, its message;
-        held readings' receive times noted for `stored_watermark`."""
+    def _unpack(self, batch: list[ReceivedMessage], ids: list[int]) -> tuple[list[Any], list[ReceivedMessage]]:
+        """The items of `batch` (with ack ids `ids`; a `ReadingBatch` gives its readings) and, for
+        each, its message; held readings' receive times noted for `stored_watermark`."""
+        datas = list(map(_data, batch))
+        if set(map(type, datas)) == {Reading}:  # the common case: one reading per message
+            stamps = list(map(_received_ns, datas))
+            self._held_ns.update(zip(ids, stamps, strict=True))
+            self._pulled_max_ns = max(self._pulled_max_ns, max(stamps))
+            return datas, batch
         items: list[Any] = []
         owners: list[ReceivedMessage] = []
         for m in batch:

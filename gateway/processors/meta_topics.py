@@ -14,9 +14,10 @@ from gateway.processors.metadata import MetadataError, parse_meta
 class MetaTopics:
     def __init__(self, patterns: Sequence[str]) -> None:
         self._router = TopicRouter([RouteConfig(pattern=p, schema_name="meta") for p in patterns])
+        self._any = bool(patterns)  # asked per message by the ingest path: `routes` would copy a list
 
     def __bool__(self) -> bool:
-        return bool(self._router.routes)
+        return self._any
 
     def device_of(self, topic: str) -> str | None:
         """The device id if `topic` is a metadata topic, else None."""
