@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
+SortedOut = tuple[list[int], list[tuple[int, str]], list[int], list[int]]
+
 
 @dataclass(slots=True)
 class WriteResult:
@@ -53,6 +55,33 @@ class WriteResult:
     @classmethod
     def reject_all(cls, n: int, reason: str) -> WriteResult:
         return cls(rejected={i: reason for i in range(n)}, reason=reason)
+
+    def sort_out(self, n: int) -> tuple[SortedOut, bool]:
+        """Indices of a batch of `n` items: ((accepted, rejected+reason, split, retry), malformed).
+
+        An item goes to the first list naming it, to retry if none does (a sink that forgets an
+        item delays it, never loses it); out-of-range indices are ignored. `malformed` means
+        the result did not list each index exactly once."""
+        if len(self.accepted) == n and not (self.rejected or self.split or self.retry):
+            everything = list(range(n))
+            if self.accepted == everything:  # the common case, decided without sets
+                return (everything, [], [], []), False
+        seen: set[int] = set()
+
+        def take(indices: list[int]) -> list[int]:
+            picked = sorted({i for i in indices if 0 <= i < n} - seen)
+            seen.update(picked)
+            return picked
+
+        accepted = take(self.accepted)
+        fallback = self.reason or "rejected by the sink"
+        rejected = [(i, self.rejected[i] or fallback) for i in take(list(self.rejected))]
+        split = take(self.split)
+        retry_idx = take(self.retry)
+        missing = sorted(set(range(n)) - seen)
+        retry = sorted(retry_idx + missing)
+        listed = len(self.accepted) + len(self.rejected) + len(self.split) + len(self.retry)
+        return (accepted, rejected, split, retry), listed != n or bool(missing)
 
 
 class Sink(Protocol):

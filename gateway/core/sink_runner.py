@@ -23,10 +23,9 @@ dead-letters permanent refusals, and acks. Guarantees:
 * With `max_retries` set, items still failing transiently after that many retries are
   dead-lettered (as refused items are) with "gave up after N retries: <last reason>".
 * `stored_watermark()`: every `Reading` this runner pulled whose `received_ns` is at or
-  below it is settled (stored or dead-lettered). It only grows, and is computed as "just
-  below the oldest reading still held, else the newest reading pulled", so it assumes the
-  subscription delivers readings in order of receipt (true for fresh messages of the memory
-  bus, whose publishers keep receipt order; a redelivery after a lost lease can land behind it).
+  below it is settled (stored or dead-lettered); see `gateway.core.held_messages`. It
+  assumes the subscription delivers readings in order of receipt (true for fresh messages
+  of the memory bus; a redelivery after a lost lease can land behind it).
 
 Not promised: exactly once (a cancelled write, or a lease that expired anyway because
 `lease_extend_interval` exceeds the `ack_deadline`, is delivered again: sinks write
@@ -39,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable
 from datetime import timedelta
 from operator import attrgetter
@@ -47,7 +45,8 @@ from typing import Any, TypeVar
 
 from gateway.core.backoff import Backoff
 from gateway.core.bus import Bus, BusClosed, OutgoingMessage, ReceivedMessage
-from gateway.core.message import Reading, ReadingBatch, dead_letter_for
+from gateway.core.held_messages import HeldMessages
+from gateway.core.message import Reading, dead_letter_for
 from gateway.core.metrics import Metrics, observe_ages
 from gateway.core.rate_limit import TokenBucket
 from gateway.core.runner_config import RunnerConfig
@@ -59,35 +58,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _received_ns = attrgetter("received_ns")
-_ack_id = attrgetter("ack_id")
-_data = attrgetter("data")
-_Sorted = tuple[list[int], list[tuple[int, str]], list[int], list[int]]
-
-
-def _sort_out(n: int, result: WriteResult) -> tuple[_Sorted, bool]:
-    """Indices of a batch of `n` items: ((accepted, rejected+reason, split, retry), malformed). An item
-    goes to the first list naming it, to retry if none does; `malformed` means the result did not list
-    each index exactly once."""
-    if len(result.accepted) == n and not (result.rejected or result.split or result.retry):
-        everything = list(range(n))
-        if result.accepted == everything:  # the common case, decided without sets
-            return (everything, [], [], []), False
-    seen: set[int] = set()
-
-    def take(indices: list[int]) -> list[int]:
-        picked = sorted({i for i in indices if 0 <= i < n} - seen)
-        seen.update(picked)
-        return picked
-
-    accepted = take(result.accepted)
-    fallback = result.reason or "rejected by the sink"
-    rejected = [(i, result.rejected[i] or fallback) for i in take(list(result.rejected))]
-    split = take(result.split)
-    retry_idx = take(result.retry)
-    missing = sorted(set(range(n)) - seen)
-    retry = sorted(retry_idx + missing)
-    listed = len(result.accepted) + len(result.rejected) + len(result.split) + len(result.retry)
-    return (accepted, rejected, split, retry), listed != n or bool(missing)
 
 
 class SinkRunner:
@@ -115,11 +85,7 @@ class SinkRunner:
         self._traced = False
         self._warned_malformed = False
         self._inflight: set[asyncio.Task[None]] = set()
-        self._held: set[int] = set()
-        self._held_ns: dict[int, int] = {}  # ack id -> received_ns of held readings
-        self._parts: dict[int, int] = {}  # ack id of a held ReadingBatch -> its readings not yet settled
-        self._pulled_max_ns = 0
-        self._watermark = 0
+        self._holding = HeldMessages()
 
     @property
     def name(self) -> str:
@@ -132,9 +98,7 @@ class SinkRunner:
 
     def stored_watermark(self) -> int:
         """Epoch ns at or below which every reading pulled so far is settled (see the module docstring)."""
-        mark = min(self._held_ns.values()) - 1 if self._held_ns else self._pulled_max_ns
-        self._watermark = max(self._watermark, min(mark, self._pulled_max_ns))
-        return self._watermark
+        return self._holding.stored_watermark()
 
     def healthy(self) -> bool:
         """True once the sink started, while no write is failing and the sink says it is healthy."""
@@ -250,52 +214,17 @@ class SinkRunner:
         with contextlib.suppress(BusClosed):
             while True:
                 await asyncio.sleep(self.config.lease_extend_interval.total_seconds())
-                if self._held:
-                    self._bus.extend(self.subscription, list(self._held))
+                if self._holding:
+                    self._bus.extend(self.subscription, list(self._holding.ack_ids))
 
     async def _deliver(self, batch: list[ReceivedMessage]) -> None:
-        ids = list(map(_ack_id, batch))
-        self._held.update(ids)
-        items, owners = self._unpack(batch, ids)
+        ids, items, owners = self._holding.take(batch)
         try:
             await self._write_until_settled(items, owners)
         except BusClosed:
             self._log(logging.WARNING, "bus closed while settling a batch; it stays unacked")
         finally:
-            self._held.difference_update(ids)
-            for i in ids:  # those not settled: the write was cancelled or the bus closed
-                self._held_ns.pop(i, None)
-                self._parts.pop(i, None)
-
-    def _unpack(self, batch: list[ReceivedMessage], ids: list[int]) -> tuple[list[Any], list[ReceivedMessage]]:
-        """The items of `batch` (with ack ids `ids`; a `ReadingBatch` gives its readings) and, for
-        each, its message; held readings' receive times noted for `stored_watermark`."""
-        datas = list(map(_data, batch))
-        if set(map(type, datas)) == {Reading}:  # the common case: one reading per message
-            stamps = list(map(_received_ns, datas))
-            self._held_ns.update(zip(ids, stamps, strict=True))
-            self._pulled_max_ns = max(self._pulled_max_ns, max(stamps))
-            return datas, batch
-        items: list[Any] = []
-        owners: list[ReceivedMessage] = []
-        for m in batch:
-            data = m.data
-            if type(data) is ReadingBatch:
-                items += data.readings
-                owners += [m] * len(data.readings)
-                self._parts[m.ack_id] = len(data.readings)
-                received_ns = min(map(_received_ns, data.readings))
-            elif isinstance(data, Reading):
-                items.append(data)
-                owners.append(m)
-                received_ns = data.received_ns
-            else:
-                items.append(data)
-                owners.append(m)
-                continue
-            self._held_ns[m.ack_id] = received_ns
-            self._pulled_max_ns = max(self._pulled_max_ns, received_ns)
-        return items, owners
+            self._holding.release(ids)  # those not settled: the write was cancelled or the bus closed
 
     async def _write_until_settled(self, items: list[Any], owners: list[ReceivedMessage]) -> None:
         """Write `items` (`owners[i]` is the bus message `items[i]` came from) until each is settled."""
@@ -310,7 +239,7 @@ class SinkRunner:
                 result, exc = WriteResult.retry_all(len(items), repr(e)), e
             self._write_seconds.observe(time.perf_counter() - started)
             self._batch_size.observe(len(items))
-            (accepted, rejected, split, retry), malformed = _sort_out(len(items), result)
+            (accepted, rejected, split, retry), malformed = result.sort_out(len(items))
             if malformed and not self._warned_malformed:
                 self._warned_malformed = True
                 self._log(logging.ERROR, "returned a WriteResult that does not list every item once")
@@ -344,26 +273,8 @@ class SinkRunner:
 
     def _settle(self, owners: list[ReceivedMessage]) -> None:
         """Count one settled item for each of `owners`; ack the messages whose items are all settled."""
-        parts = self._parts
-        if parts:
-            done: list[int] = []
-            for ack_id, settled in Counter(map(_ack_id, owners)).items():  # a batch's readings come together
-                left = parts.get(ack_id)
-                if left is None:
-                    done.append(ack_id)
-                elif left > settled:
-                    parts[ack_id] = left - settled
-                else:
-                    del parts[ack_id]
-                    done.append(ack_id)
-        else:  # no ReadingBatch held: every owner is a message of one item, listed once
-            done = list(map(_ack_id, owners))
-        if done:
+        if done := self._holding.settle(owners):
             self._bus.ack(self.subscription, done)
-            self._held.difference_update(done)
-            held_ns = self._held_ns
-            for i in done:
-                held_ns.pop(i, None)
 
     def _accept(self, items: list[Any], owners: list[ReceivedMessage]) -> None:
         self._settle(owners)

@@ -198,10 +198,10 @@ async def test_a_batch_is_not_acked_while_one_of_its_readings_is_retried() -> No
     batch_id, other_id = bus.add_batch([batch, other])
     async with running(runner):
         await wait_until(lambda: bus.acked == [other_id])
-        assert batch_id in runner._held  # still leased while its reading 1 waits for the retry
+        assert batch_id in runner._holding.ack_ids  # still leased while its reading 1 waits for the retry
         await wait_until(lambda: bus.acked == [other_id, batch_id])
     assert sink.calls[1] == [batch.readings[1]]
-    assert not runner._parts
+    assert not runner._holding.open_batches
 
 
 async def test_a_batch_too_large_is_split_between_its_readings() -> None:
@@ -239,7 +239,7 @@ async def test_a_cancelled_drain_leaves_a_half_written_batch_for_the_bus_to_rede
     await wait_until(lambda: len(first_sink.calls) == 1)
     await asyncio.wait_for(first.stop(timedelta(milliseconds=10)), 1)
     await task
-    assert bus.stats(name).acked == 0 and not first._parts
+    assert bus.stats(name).acked == 0 and not first._holding.open_batches
     second_sink = FakeSink()
     second, _ = make_runner(second_sink, bus, subscription=name)
     async with running(second):
