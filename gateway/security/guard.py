@@ -20,7 +20,8 @@ Never raises for any topic or payload.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import attrgetter, methodcaller
 
 from gateway.core.message import DeadLetter, RawMessage
 from gateway.core.metrics import Metrics
@@ -30,6 +31,7 @@ from gateway.security.identity import AuthenticatedMessage
 from gateway.security.ratelimit import TokenBuckets
 
 SOURCE = "security"
+_topic, _slashes = attrgetter("topic"), methodcaller("count", "/")
 
 
 class Guard:
@@ -46,6 +48,16 @@ class Guard:
         self._clock = clock
         rl = config.rate_limit
         self._buckets = TokenBuckets(rl.messages_per_second, rl.burst, rl.max_devices) if rl is not None else None
+
+    def passes_all(self, raws: Sequence[RawMessage]) -> bool:
+        """True when `check` would pass every message of `raws` and count nothing: no rate limit
+        is set, no message is from an authenticated client, no topic is too deep. False: call
+        `check` on each."""
+        if self._buckets is not None or not raws:
+            return False
+        if max(map(_slashes, map(_topic, raws))) + 1 > self._max_levels:
+            return False
+        return not any(issubclass(kind, AuthenticatedMessage) for kind in set(map(type, raws)))
 
     def check(self, raw: RawMessage) -> DeadLetter | None:
         topic = raw.topic

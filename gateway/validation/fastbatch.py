@@ -29,7 +29,7 @@ from gateway.ingress.topics import DEVICE_ID_TAG
 from gateway.validation.schema import CompiledSchema
 from gateway.validation.timestamps import parse_column, parse_within
 
-_MISSING: Any = object()
+MISSING: Any = object()  # what a getter gives for an absent key
 
 BatchReader = Callable[[list[Any], int, int, int, dict[str, str], "str | None"], "list[Reading] | None"]
 
@@ -40,9 +40,9 @@ def make_batch_reader(schema: CompiledSchema) -> BatchReader:
     validate_all = schema.validate_value_list
     measurement = schema.measurement
     allowed = schema.known_keys if schema.rejects_unknown else None
-    get_device = methodcaller("get", schema.device_id_field, _MISSING)
-    get_stamp = methodcaller("get", schema.timestamp_field, _MISSING)
-    tag_getters = [(methodcaller("get", name, _MISSING), name in schema.required_tags) for name in schema.tag_names]
+    get_device = methodcaller("get", schema.device_id_field, MISSING)
+    get_stamp = methodcaller("get", schema.timestamp_field, MISSING)
+    tag_getters = [(methodcaller("get", name, MISSING), name in schema.required_tags) for name in schema.tag_names]
     tag_names = schema.tag_names
 
     def read_many(
@@ -60,25 +60,24 @@ def make_batch_reader(schema: CompiledSchema) -> BatchReader:
         if topic_device is None:
             if set(map(type, devices)) != {str} or "" in devices:
                 return None
-        elif devices.count(topic_device) + devices.count(_MISSING) != n:
+        elif devices.count(topic_device) + devices.count(MISSING) != n:
             return None
         else:
             devices = [topic_device] * n
 
         columns = []
         for (get, required), name in zip(tag_getters, tag_names, strict=True):
-            column = list(map(get, elements))
-            missing = column.count(_MISSING)
-            if (missing and required) or not set(map(type, column)) <= {str, object} or "" in column:
+            column = tag_column(get, required, elements)
+            if column is None:
                 return None
             known = base.get(name)
-            if known is not None and column.count(known) + missing != n:
+            if known is not None and column.count(known) + column.count(MISSING) != n:
                 return None
             columns.append(column)
         tags = _tags(base, tag_names, columns, devices, topic_device is None, n)
 
         stamps = list(map(get_stamp, elements))
-        if _MISSING in stamps:  # the receive time for those: value by value
+        if MISSING in stamps:  # the receive time for those: value by value
             times = _times(stamps, received, earliest, latest)
         else:
             times = parse_column(stamps, earliest, latest)
@@ -87,6 +86,15 @@ def make_batch_reader(schema: CompiledSchema) -> BatchReader:
         return list(map(Reading, repeat(measurement, n), devices, tags, fields, times, repeat(received, n)))
 
     return read_many
+
+
+def tag_column(get: Callable[[Any], Any], required: bool, elements: list[Any]) -> list[Any] | None:
+    """One tag field's values (`MISSING` where absent), or None if one is not a non-empty
+    string or a required one is absent (the per-element path's rule, on a column)."""
+    column = list(map(get, elements))
+    if (required and MISSING in column) or not set(map(type, column)) <= {str, object} or "" in column:
+        return None
+    return column
 
 
 def _tags(
@@ -101,21 +109,21 @@ def _tags(
     schema order, then the device id when it is not a placeholder); one dict per distinct row."""
     rows: list[tuple[Any, ...]] = list(zip(*columns, devices, strict=True)) if names or device_tag else [()] * n
     if rows.count(rows[0]) == n:  # the common case: one device, one site
-        return [_tags_of(base, names, rows[0], device_tag)] * n
+        return [tags_of(base, names, rows[0], device_tag)] * n
     made: dict[tuple[Any, ...], dict[str, str]] = {}
     out = []
     for row in rows:
         tags = made.get(row)
         if tags is None:
-            tags = made[row] = _tags_of(base, names, row, device_tag)
+            tags = made[row] = tags_of(base, names, row, device_tag)
         out.append(tags)
     return out
 
 
-def _tags_of(base: dict[str, str], names: tuple[str, ...], row: tuple[Any, ...], device_tag: bool) -> dict[str, str]:
+def tags_of(base: dict[str, str], names: tuple[str, ...], row: tuple[Any, ...], device_tag: bool) -> dict[str, str]:
     tags = base.copy()
     for name, value in zip(names, row, strict=False):
-        if value is not _MISSING:
+        if value is not MISSING:
             tags.setdefault(name, value)
     if device_tag:
         tags[DEVICE_ID_TAG] = row[-1]
@@ -126,7 +134,7 @@ def _times(stamps: list[Any], received: int, earliest: int, latest: int) -> list
     """Epoch ns per stamp (missing: the receive time), or None if one is refused or out of skew."""
     times = []
     for stamp in stamps:
-        time_ns = received if stamp is _MISSING else parse_within(stamp, earliest, latest)
+        time_ns = received if stamp is MISSING else parse_within(stamp, earliest, latest)
         if time_ns is None:
             return None
         times.append(time_ns)

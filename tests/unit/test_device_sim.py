@@ -91,6 +91,33 @@ def test_valid_messages_pass_the_gateway_validation(options: dict[str, Any]) -> 
     assert total == 400 * sim.batch
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"devices": 40, "rate": 1.0, "sites": 3},
+        {"devices": 12, "total_rate": 50_000.0},
+        {"devices": 5, "rate": 1.0, "topic_template": "sites/{site}/devices/{device_id}/telemetry", "sites": 2},
+    ],
+)
+def test_a_fleets_single_readings_are_decoded_together_as_one_by_one(options: dict[str, Any]) -> None:
+    """The ingest path's `decode_singles` answers for a realistic fleet (every timestamp form
+    the simulator writes) and gives each message's reading as decoding it alone does."""
+    sim = fleet(**options)
+    raws = []
+    for index in range(256):
+        message = sim.message(index)
+        raws.append(RawMessage(message.topic, message.payload, qos=0, received_ns=message_time(sim, index)))
+    alone = [DECODER.decode(raw).readings for raw in raws]  # also fills the decoder's topic cache
+    for start in range(0, len(raws), 64):
+        together = DECODER.decode_singles(raws[start : start + 64])
+        assert together is not None
+        for reading, [expected] in zip(together, alone[start : start + 64], strict=True):
+            assert reading == expected
+            assert list(reading.fields.items()) == list(expected.fields.items())
+            assert list(reading.tags.items()) == list(expected.tags.items())
+            assert [type(v) for v in reading.fields.values()] == [type(v) for v in expected.fields.values()]
+
+
 def message_time(sim: Fleet, index: int) -> int:
     """When the message would arrive: its due time (so clock-skew limits apply as live)."""
     return START_NS + round(sim.schedule.time_of(index) * 1e9) + 5_000_000

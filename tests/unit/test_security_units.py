@@ -128,6 +128,17 @@ def test_guard_depth_identity_and_rate_limit() -> None:
     assert guard.check(RawMessage("devices/dev-b/telemetry", b"{}")) is None  # another device's bucket
 
 
+def test_guard_passes_all_only_when_check_would_pass_each_and_count_nothing() -> None:
+    plain = [RawMessage(f"devices/dev-{i}/telemetry", b"{}") for i in range(3)]
+    guard = make_guard(max_topic_levels=3)
+    assert guard.passes_all(plain) and all(guard.check(raw) is None for raw in plain)
+    assert not guard.passes_all([*plain, RawMessage("a/b/c/d", b"{}")])  # too deep: check words it
+    assert not guard.passes_all([*plain, AuthenticatedMessage("devices/dev-a/telemetry", b"{}", identity=DEV)])
+    assert not guard.passes_all([])
+    limited = make_guard(rate_limit={"messages_per_second": 1, "burst": 2})
+    assert not limited.passes_all(plain)  # every message must take a token, one by one
+
+
 def test_exposure_rules() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("gateway.example")
