@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 from typing import Any
 
 import orjson
@@ -62,6 +62,7 @@ TOPIC_CACHE_SIZE = 8192  # topics whose route match is kept (about 600 bytes eac
 _MISSING: Any = object()
 _payload, _topic, _received_ns = attrgetter("payload"), attrgetter("topic"), attrgetter("received_ns")
 _schema_name, _tags, _device = attrgetter("route.schema_name"), attrgetter("tags"), attrgetter("device")
+_starts_object = methodcaller("startswith", b"{")
 
 
 @dataclass(slots=True)
@@ -126,6 +127,8 @@ class Decoder:
         try:
             payloads = list(map(_payload, raws))
             if not payloads or max(map(len, payloads)) > self._max_bytes:
+                return None
+            if not all(map(_starts_object, payloads)):  # an array (a batch) or odd bytes: not parsed twice
                 return None
             plans = list(map(self._plans.get, map(_topic, raws)))
             if not all(plans):

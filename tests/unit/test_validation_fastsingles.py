@@ -170,3 +170,26 @@ def test_unseen_topics_malformed_json_oversize_and_arrays_are_not_decoded_togeth
 def test_singles_from_two_schemas_are_not_decoded_together() -> None:
     decoder = _decoder(fast=True)
     assert not assert_same_or_none(decoder, [message("devices/d1/telemetry", 1), message("gateways/g1/tanks", 1)])
+
+
+def test_a_chunk_holding_a_batch_is_not_parsed_before_the_one_by_one_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch payloads (JSON arrays) are declined before parsing: they would be parsed twice."""
+    import gateway.validation.decode as decode_module
+
+    decoder = _decoder(fast=True)
+    good = [message("devices/d1/telemetry", i) for i in range(2)]
+    batch = RawMessage(good[0].topic, orjson.dumps([BASES["devices/d1/telemetry"]] * 3), received_ns=NOW)
+    one_by_one(decoder, [*good, batch])
+    parsed: list[bytes] = []
+
+    class CountingJson:
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(payload: bytes) -> Any:
+            parsed.append(payload)
+            return orjson.loads(payload)
+
+    monkeypatch.setattr(decode_module, "orjson", CountingJson)
+    assert decoder.decode_singles([*good, batch]) is None and parsed == []
+    assert decoder.decode_singles(good) is not None and len(parsed) == 2
