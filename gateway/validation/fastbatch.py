@@ -18,13 +18,14 @@ is applied to a column at a time: `map` with `methodcaller("get", key)`, `count`
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import methodcaller
 from typing import Any
 
 from pydantic_core import ValidationError
 
-from gateway.core.message import Reading
+from gateway.core.message import FieldValue, Reading
 from gateway.ingress.topics import DEVICE_ID_TAG
 from gateway.validation.schema import CompiledSchema
 from gateway.validation.timestamps import parse_column, parse_within
@@ -34,26 +35,56 @@ MISSING: Any = object()  # what a getter gives for an absent key
 BatchReader = Callable[[list[Any], int, int, int, dict[str, str], "str | None"], "list[Reading] | None"]
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnRules:
+    """A schema's per-element rules, bound once for the column-wise readers (batches here,
+    singles in `gateway.validation.fastsingles`)."""
+
+    measurement: str
+    validate_all: Callable[[object], list[dict[str, FieldValue]]]
+    allowed: frozenset[str] | None  # the keys an element may have; None: any
+    get_device: Callable[[Any], Any]
+    get_stamp: Callable[[Any], Any]
+    tag_getters: list[tuple[Callable[[Any], Any], bool]]  # per tag field: its getter, whether required
+    tag_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, schema: CompiledSchema) -> ColumnRules:
+        return cls(
+            schema.measurement,
+            schema.validate_value_list,
+            schema.known_keys if schema.rejects_unknown else None,
+            methodcaller("get", schema.device_id_field, MISSING),
+            methodcaller("get", schema.timestamp_field, MISSING),
+            [(methodcaller("get", name, MISSING), name in schema.required_tags) for name in schema.tag_names],
+            schema.tag_names,
+        )
+
+    def fields(self, elements: list[Any]) -> list[dict[str, FieldValue]] | None:
+        """Each element's value fields (one pydantic call), or None if one is refused (or is not
+        an object), has no value field, or has a key the schema does not know and refuses."""
+        try:
+            fields = self.validate_all(elements)
+        except ValidationError:
+            return None
+        if not all(fields) or (self.allowed is not None and not self.allowed.issuperset(chain.from_iterable(elements))):
+            return None
+        return fields
+
+
 def make_batch_reader(schema: CompiledSchema) -> BatchReader:
     """The batch fast path for arrays of `schema`'s elements (arguments as `TopicPlan.read`'s,
     with the array in place of the element)."""
-    validate_all = schema.validate_value_list
-    measurement = schema.measurement
-    allowed = schema.known_keys if schema.rejects_unknown else None
-    get_device = methodcaller("get", schema.device_id_field, MISSING)
-    get_stamp = methodcaller("get", schema.timestamp_field, MISSING)
-    tag_getters = [(methodcaller("get", name, MISSING), name in schema.required_tags) for name in schema.tag_names]
-    tag_names = schema.tag_names
+    rules = ColumnRules.of(schema)
+    measurement, get_device, get_stamp = rules.measurement, rules.get_device, rules.get_stamp
+    tag_getters, tag_names = rules.tag_getters, rules.tag_names
 
     def read_many(
         elements: list[Any], received: int, earliest: int, latest: int, base: dict[str, str], topic_device: str | None
     ) -> list[Reading] | None:
         n = len(elements)
-        try:
-            fields = validate_all(elements)  # also refuses any element that is not an object
-        except ValidationError:
-            return None
-        if not all(fields) or (allowed is not None and not allowed.issuperset(chain.from_iterable(elements))):
+        fields = rules.fields(elements)
+        if fields is None:
             return None
 
         devices = list(map(get_device, elements))

@@ -19,15 +19,13 @@ Messages whose topics disagree on having a `{device_id}` placeholder take the pe
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import chain, repeat
+from itertools import repeat
 from operator import le, methodcaller, or_, sub
 from typing import Any
 
-from pydantic_core import ValidationError
-
 from gateway.core.message import Reading
 from gateway.ingress.topics import DEVICE_ID_TAG
-from gateway.validation.fastbatch import MISSING, tag_column, tags_of
+from gateway.validation.fastbatch import MISSING, ColumnRules, tag_column, tags_of
 from gateway.validation.schema import CompiledSchema
 from gateway.validation.timestamps import parse_column, parse_within
 
@@ -38,14 +36,9 @@ SinglesReader = Callable[
 
 def make_singles_reader(schema: CompiledSchema) -> SinglesReader:
     """The fast path for messages of one `schema`'s elements, one element per message."""
-    validate_all = schema.validate_value_list
-    measurement = schema.measurement
-    allowed = schema.known_keys if schema.rejects_unknown else None
-    get_device = methodcaller("get", schema.device_id_field, MISSING)
-    get_stamp = methodcaller("get", schema.timestamp_field, MISSING)
-    tag_getters = [(methodcaller("get", name, MISSING), name in schema.required_tags) for name in schema.tag_names]
+    rules = ColumnRules.of(schema)
+    measurement, get_device, get_stamp = rules.measurement, rules.get_device, rules.get_stamp
     base_getters = [methodcaller("get", name) for name in schema.tag_names]
-    tag_names = schema.tag_names
 
     def read_singles(
         elements: list[Any],
@@ -59,22 +52,19 @@ def make_singles_reader(schema: CompiledSchema) -> SinglesReader:
         tags `bases[i]` and placeholder device `topic_devices[i]`; timestamps allowed from
         `past_ns` before to `future_ns` after the receive time), or None."""
         n = len(elements)
-        try:
-            fields = validate_all(elements)  # also refuses any element that is not an object
-        except ValidationError:
-            return None
-        if not all(fields) or (allowed is not None and not allowed.issuperset(chain.from_iterable(elements))):
+        fields = rules.fields(elements)
+        if fields is None:
             return None
         devices = _devices(list(map(get_device, elements)), topic_devices)
         if devices is None:
             return None
         columns = []
-        for (get, required), in_base in zip(tag_getters, base_getters, strict=True):
+        for (get, required), in_base in zip(rules.tag_getters, base_getters, strict=True):
             column = tag_column(get, required, elements)
             if column is None or not _agree(column, list(map(in_base, bases))):
                 return None
             columns.append(column)
-        tags = _tags(bases, tag_names, columns, devices, topic_devices[0] is None)
+        tags = _tags(bases, rules.tag_names, columns, devices, topic_devices[0] is None)
         times = _times(list(map(get_stamp, elements)), received, past_ns, future_ns)
         if times is None:
             return None
