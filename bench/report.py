@@ -6,6 +6,7 @@ made (not selected, or failed) is reported as "not measured" or "not met", never
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class Target:
 
 
 GATEWAYS = ("gateway", "gateway_w2", "gateway_w4")  # 1, 2 and 4 processes (`--workers N`)
+WORKERS_OF = {"gateway": 1, "gateway_w2": 2, "gateway_w4": 4}
 
 
 def find(results: Sequence[RunResult], system: str, workload: str) -> RunResult | None:
@@ -78,6 +80,18 @@ def ratios(results: Sequence[RunResult]) -> dict[str, dict[str, float]]:
 _WORKERS_NOTE = {"gateway_w2": "with --workers 2", "gateway_w4": "with --workers 4"}
 
 
+def pairs(results: Sequence[RunResult], workload: str) -> list[tuple[RunResult, RunResult]]:
+    """The repeated (counter, gateway) pairs of `workload` (systems `aiomqtt_count_pN` and
+    `<gateway>_pN`, see bench.run), in order; a pair missing its gateway run is left out."""
+    out = []
+    for counter in (r for r in results if r.workload == workload and r.system.startswith("aiomqtt_count_p")):
+        suffix = counter.system.removeprefix("aiomqtt_count")
+        gw = next((r for r in results if r.workload == workload and r.system in {g + suffix for g in GATEWAYS}), None)
+        if gw is not None:
+            out.append((counter, gw))
+    return out
+
+
 def _ratio_target(results: Sequence[RunResult], workload: str, base: str, want: float, label: str) -> Target:
     name = f"{label} ≥ {want}x {base}"
     gw, b = best_gateway(results, workload), find(results, base, workload)
@@ -88,7 +102,18 @@ def _ratio_target(results: Sequence[RunResult], workload: str, base: str, want: 
     ratio = gw.msgs_per_s / b.msgs_per_s
     measured = f"{ratio:.2f}x ({gw.msgs_per_s:,.0f} vs {b.msgs_per_s:,.0f} msg/s)"
     how = _WORKERS_NOTE.get(gw.system, "")
-    return Target(name, measured, ratio >= want, "; ".join(filter(None, [how, _bound_note(results, gw)])))
+    repeated = pairs(results, workload) if base == "aiomqtt_count" else []
+    if not repeated:
+        return Target(name, measured, ratio >= want, "; ".join(filter(None, [how, _bound_note(results, gw)])))
+    failed = [x.note or x.system for pair in repeated for x in pair if not x.ok]
+    if failed:
+        return Target(name, "a repeated pair failed", False, "; ".join(failed))
+    each = [g.msgs_per_s / c.msgs_per_s for c, g in repeated]
+    middle = statistics.median(each)
+    shown = ", ".join(f"{r:.2f}x" for r in each)
+    count = f"{len(each)} pair" + ("s" if len(each) > 1 else "")
+    measured = f"{middle:.2f}x, median of {count} ({shown}); first pass {measured}"
+    return Target(name, measured, middle >= want, "; ".join(filter(None, [how, _bound_note(results, gw)])))
 
 
 def _bound_note(results: Sequence[RunResult], gw: RunResult) -> str:
