@@ -71,7 +71,7 @@ METHOD = [
     f"{PAIRS}) more pairs run one after the other, the counter then the gateway at the process count that was "
     "fastest in the first pass (systems aiomqtt_count_pN and gateway..._pN); the target is judged on the median "
     "of the pairs' ratios, each pair measured back to back, so a slow or fast moment of the shared host moves "
-    "both sides of a pair. The first pass's ratio is still reported. Added 2026-11-27 23:50 UTC; earlier runs "
+    "both sides of a pair. The first pass's ratio is still reported. Added 2026-11-27 23:40 UTC; earlier runs "
     "judged the first pass alone.",
     "Latency run: paced at half the gateway's sustained QoS 1 rate, the lower of the q1_single run's and the "
     "three times longer sustained-rate run's (a short flat-out run partly measures the durable bus absorbing a burst). "
