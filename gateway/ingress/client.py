@@ -29,7 +29,10 @@ handler together: `staged_handler` (the gateway's `hand_over_batch`: returns onc
 on the bus, with a future for its commit), else `batch_handler`, else the handler one by one.
 Pipelined (`gateway.ingress.client_pipeline`): while up to `pipeline_depth` batches commit,
 the next one is handed over; each batch's PUBACKs, in receipt order, go out in one write once
-its commit is done and every older batch's PUBACKs went out.
+its commit is done and every older batch's PUBACKs went out. At a moderate rate a batch of
+fewer than `LINGER_ENOUGH` messages waits until its oldest is `linger` old (and a small socket
+read pauses reads as long, see `gateway.ingress.read_gate`), so that reads, commits and PUBACKs
+are paid per several messages; `ClientIngressConfig.effective_linger` says where it applies.
 
 Private APIs, in `_open_client`, `_consume` and `gateway.ingress.mqtt_client` only: aiomqtt
 2.5 acks QoS 1 on queueing and its iterator costs a task plus `asyncio.wait` per message, so
@@ -69,6 +72,7 @@ log = logging.getLogger("gateway.ingress.client")
 _REFUSALS = {1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8C}
 _STOP_GRACE = 2.0  # seconds for the clean disconnect after the stop_timeout drain
 PIPELINE_DEPTH = 4  # batches awaiting their commit at once (see gateway.ingress.client_pipeline)
+LINGER_ENOUGH = 256  # queued messages that are a batch worth handing over without waiting (`linger`)
 
 
 class _Refused(aiomqtt.MqttError):
@@ -203,14 +207,15 @@ class ClientIngress:
             if wake is not None and not wake.done():
                 wake.set_result(None)
 
-        client = open_client(self.config, tls, on_publish)
+        client = open_client(self.config, tls, on_publish, on_read=lambda nbytes: gate.read(nbytes))
         disconnected: asyncio.Future[None] = client._disconnected
 
         def fail(exc: BaseException) -> None:
             if not disconnected.done():
                 disconnected.set_exception(exc)
 
-        gate = self._gate = ReadGate(client._client, fail, self._read_pauses.inc)
+        linger = self.config.effective_linger().total_seconds()
+        gate = self._gate = ReadGate(client._client, fail, self._read_pauses.inc, linger=linger)
         return client
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
@@ -243,12 +248,18 @@ class ClientIngress:
         loop = asyncio.get_running_loop()
         flow = self._flow = BatchFlow(handler, self.pipeline_depth, self._received, client._client)
         pipe = flow.pipe
+        linger_ns = int(self.config.effective_linger().total_seconds() * 1e9)
         try:
             while not self._stop_requested.is_set():
                 if disconnected.done():
                     return disconnected.result()  # raises the reason of an unexpected disconnection
                 flow.acknowledge()
                 if queue and not pipe.full:
+                    if linger_ns and len(queue) < LINGER_ENOUGH:  # a small batch: wait for more, briefly
+                        wait_ns = queue[0].received_ns + linger_ns - time.time_ns()
+                        if wait_ns > 0:
+                            await asyncio.sleep(wait_ns / 1e9)
+                            continue
                     await flow.hand_over(self._take(queue))
                     await asyncio.sleep(0)  # the hand-over may not have waited: let the other tasks run
                     continue

@@ -41,8 +41,14 @@ _NO_CONN = MQTTErrorCode.MQTT_ERR_NO_CONN
 _PUBACK = 0x40
 
 
-def open_client(config: ClientIngressConfig, tls: ssl.SSLContext | None, on_publish: OnPublish) -> aiomqtt.Client:
-    """An aiomqtt client (not connected) with manual acks, whose publishes go to `on_publish`."""
+def open_client(
+    config: ClientIngressConfig,
+    tls: ssl.SSLContext | None,
+    on_publish: OnPublish,
+    on_read: Callable[[int], None] | None = None,
+) -> aiomqtt.Client:
+    """An aiomqtt client (not connected) with manual acks, whose publishes go to `on_publish`;
+    `on_read(n)`, if given, is told the size of every socket read, after its publishes."""
     c = config
     v5 = c.protocol == "5"
     properties = None
@@ -65,17 +71,20 @@ def open_client(config: ClientIngressConfig, tls: ssl.SSLContext | None, on_publ
     )
     inner: Any = client._client  # private: paho beneath aiomqtt
     inner.manual_ack_set(True)
-    PublishReader(inner, v5, on_publish)
+    PublishReader(inner, v5, on_publish, on_read)
     return client
 
 
 class PublishReader:
     """Bulk reader for one paho client (one connection). Install once, before `connect`."""
 
-    def __init__(self, inner: Any, v5: bool, on_publish: OnPublish) -> None:
+    def __init__(
+        self, inner: Any, v5: bool, on_publish: OnPublish, on_read: Callable[[int], None] | None = None
+    ) -> None:
         self._inner = inner
         self._v5 = v5
         self._on_publish = on_publish
+        self._on_read = on_read
         self._buf = bytearray()  # bytes read but not yet handled: the start of a packet
         self._feed = bytearray()  # bytes handed to paho (not PUBLISH), read through _paho_recv
         self._error: BaseException | None = None
@@ -121,6 +130,8 @@ class PublishReader:
         # reads is copied once, not once per read.
         pos = self._split(bytes(buf))
         del buf[:pos]
+        if self._on_read is not None:
+            self._on_read(len(data))
         return self._to_paho() if self._feed else _SUCCESS
 
     def _split(self, buf: bytes) -> int:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from gateway.core.message import RawMessage
@@ -84,3 +85,24 @@ async def test_slow_commits_are_pipelined_and_acknowledged_in_order(
     async with running(make(mosquitto.port, "cli-pipe", "cli-pipe/#"), again):
         await asyncio.sleep(0.5)
     assert again.messages == []
+
+
+async def test_at_a_moderate_rate_linger_gathers_messages_into_fewer_batches(mosquitto: Mosquitto) -> None:
+    """Published about 1 ms apart, messages go one or two per batch without `linger` and
+    several per batch with it; each arrives once, in order, within about twice the linger."""
+    sizes: dict[str, list[int]] = {}
+    for linger in ("0s", "30ms"):
+        handler = SlowCommits(delay=0.0)
+        ingress = make(mosquitto.port, f"cli-linger-{linger}", f"cli-linger-{linger}/#", linger=linger)
+        ingress.staged_handler = handler
+        expected = numbered(f"linger-{linger}", 120)
+        async with running(ingress, Collector()):
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier=f"pub-linger-{linger}") as pub:
+                for payload in expected:
+                    await pub.publish(f"cli-linger-{linger}/dev", payload, qos=1)
+                    await asyncio.sleep(0.001)
+            total = len(expected)
+            await wait_for(lambda h=handler, n=total: sum(map(len, h.batches)) >= n)
+        assert [p for batch in handler.batches for p in batch] == expected
+        sizes[linger] = [len(batch) for batch in handler.batches]
+    assert len(sizes["30ms"]) * 4 <= len(sizes["0s"]), sizes

@@ -122,3 +122,14 @@ def test_refusals_name_the_key(data: dict[str, Any], where: tuple[str, ...], fra
 def test_session_expiry_zero_is_fine_when_no_session_is_wanted() -> None:
     assert client(session_expiry=0, clean_start=True).session_expiry == timedelta(0)
     assert client(session_expiry=0, protocol="3.1.1").session_expiry == timedelta(0)
+
+
+def test_linger_applies_only_where_the_brokers_window_is_known_to_be_wide() -> None:
+    two_ms = timedelta(milliseconds=2)
+    assert client().effective_linger() == two_ms  # QoS 1, MQTT 5, max_inflight 1000
+    assert client(qos=0, protocol="3.1.1").effective_linger() == two_ms  # QoS 0: no window
+    assert client(protocol="3.1.1").effective_linger() == timedelta(0)  # the broker's window
+    assert client(max_inflight=100).effective_linger() == timedelta(0)
+    assert client(linger="0s").effective_linger() == timedelta(0)
+    with pytest.raises(ValidationError, match="between 0s and 100ms"):
+        client(linger="1s")

@@ -97,3 +97,109 @@ async def test_a_failing_read_fails_the_connection() -> None:
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError):
         ReadGate(object(), lambda exc: None, lambda: None, high=10, low=10)
+
+
+class LingeringPaho(FakePaho):
+    """Tells the gate the size of each read, as `PublishReader` does through `on_read`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.gate: ReadGate | None = None
+        self.got: list[int] = []
+
+    def loop_read(self) -> None:
+        assert self._sock is not None and self.gate is not None
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return
+        self.reads += 1
+        self.got.append(len(data))
+        self.gate.read(len(data))
+
+
+def lingering(
+    linger: float, small: int = 100, **bounds: int
+) -> tuple[socket.socket, socket.socket, LingeringPaho, ReadGate]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    inner = LingeringPaho(ours)
+    inner.gate = ReadGate(inner, lambda exc: None, lambda: None, linger=linger, small=small, **bounds)
+    asyncio.get_running_loop().add_reader(ours.fileno(), inner.loop_read)  # as aiomqtt registers it
+    return ours, theirs, inner, inner.gate
+
+
+async def test_a_small_read_lingers_and_the_next_read_takes_what_arrived_meanwhile() -> None:
+    ours, theirs, inner, _ = lingering(0.5, small=25)
+    try:
+        theirs.send(b"x" * 10)
+        await asyncio.sleep(0.05)
+        assert inner.got == [10]  # small: reads are off for 0.5 s
+        for _ in range(3):
+            theirs.send(b"y" * 10)
+            await asyncio.sleep(0.02)
+        assert inner.got == [10], "no read while lingering"
+        await asyncio.sleep(0.6)
+        assert inner.got == [10, 30], "one read after the linger took all three"
+        theirs.send(b"z" * 500)  # reads of 25 bytes or more: no linger, the next one is read at once
+        await asyncio.sleep(0.05)
+        theirs.send(b"z" * 500)
+        await asyncio.sleep(0.05)
+        assert inner.got[2:] == [500, 500]
+    finally:
+        asyncio.get_running_loop().remove_reader(ours.fileno())
+        ours.close()
+        theirs.close()
+
+
+async def test_a_byte_bound_pause_outlasts_a_linger_and_its_resume_ends_one() -> None:
+    ours, theirs, inner, gate = lingering(0.05, high=100, low=40)
+    try:
+        theirs.send(b"x")
+        await asyncio.sleep(0.02)
+        gate.added(120)  # paused by bytes while lingering
+        await asyncio.sleep(0.08)  # the linger ended meanwhile: reads stay off
+        theirs.send(b"y")
+        await asyncio.sleep(0.05)
+        assert gate.paused and inner.got == [1]
+        gate.taken(80)  # resumed: reads at once
+        await asyncio.sleep(0.02)
+        assert not gate.paused and inner.got == [1, 1]
+        # a resume during a linger cancels it (long linger, quick resume)
+        slow_ours, slow_theirs, slow, slow_gate = lingering(10.0, high=100, low=40)
+        try:
+            slow_theirs.send(b"a")
+            await asyncio.sleep(0.02)
+            slow_gate.added(120)
+            slow_gate.taken(120)
+            slow_theirs.send(b"b")
+            await asyncio.sleep(0.05)
+            assert slow.got[:2] == [1, 1] and slow_gate._lingering is not None  # the new small read lingers anew
+        finally:
+            asyncio.get_running_loop().remove_reader(slow_ours.fileno())
+            slow_ours.close()
+            slow_theirs.close()
+    finally:
+        asyncio.get_running_loop().remove_reader(ours.fileno())
+        ours.close()
+        theirs.close()
+
+
+async def test_a_connection_that_ended_while_lingering_is_not_read_again() -> None:
+    ours, theirs, inner, _ = lingering(0.05)
+    try:
+        theirs.send(b"x")
+        await asyncio.sleep(0.02)
+        inner._sock = None  # paho closed it
+        theirs.send(b"y")
+        await asyncio.sleep(0.08)
+        assert inner.got == [1]
+    finally:
+        asyncio.get_running_loop().remove_reader(ours.fileno())
+        ours.close()
+        theirs.close()
+
+
+def test_linger_is_checked() -> None:
+    with pytest.raises(ValueError):
+        ReadGate(object(), lambda exc: None, lambda: None, linger=-1)
