@@ -30,7 +30,7 @@ on the bus, with a future for its commit), else `batch_handler`, else the handle
 Pipelined (`gateway.ingress.client_pipeline`): while up to `pipeline_depth` batches commit,
 the next one is handed over; each batch's PUBACKs, in receipt order, go out in one write once
 its commit is done and every older batch's PUBACKs went out. At a moderate rate a batch of
-fewer than `LINGER_ENOUGH` messages waits until its oldest is `linger` old (and a small socket
+fewer than `LINGER_ENOUGH` messages waits `linger` from when the consumer first saw it (a small socket
 read pauses reads as long, see `gateway.ingress.read_gate`), so that reads, commits and PUBACKs
 are paid per several messages; `ClientIngressConfig.effective_linger` says where it applies.
 
@@ -248,18 +248,21 @@ class ClientIngress:
         loop = asyncio.get_running_loop()
         flow = self._flow = BatchFlow(handler, self.pipeline_depth, self._received, client._client)
         pipe = flow.pipe
-        linger_ns = int(self.config.effective_linger().total_seconds() * 1e9)
+        linger = self.config.effective_linger().total_seconds()
+        since: float | None = None  # when the consumer first saw the batch it is lingering on
         try:
             while not self._stop_requested.is_set():
                 if disconnected.done():
                     return disconnected.result()  # raises the reason of an unexpected disconnection
                 flow.acknowledge()
                 if queue and not pipe.full:
-                    if linger_ns and len(queue) < LINGER_ENOUGH:  # a small batch: wait for more, briefly
-                        wait_ns = queue[0].received_ns + linger_ns - time.time_ns()
-                        if wait_ns > 0:
-                            await asyncio.sleep(wait_ns / 1e9)
+                    if linger and len(queue) < LINGER_ENOUGH:  # a small batch: wait for more, briefly
+                        now = loop.time()  # monotonic: a wall clock set back must not stretch the wait
+                        since = now if since is None else since
+                        if now < since + linger:
+                            await asyncio.sleep(since + linger - now)
                             continue
+                    since = None
                     await flow.hand_over(self._take(queue))
                     await asyncio.sleep(0)  # the hand-over may not have waited: let the other tasks run
                     continue
