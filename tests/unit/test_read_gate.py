@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -118,20 +120,27 @@ class LingeringPaho(FakePaho):
         self.gate.read(len(data))
 
 
+@contextlib.contextmanager
 def lingering(
     linger: float, small: int = 100, **bounds: int
-) -> tuple[socket.socket, socket.socket, LingeringPaho, ReadGate]:
+) -> Iterator[tuple[socket.socket, LingeringPaho, ReadGate]]:
+    """A socket pair read through a gate with `linger`: (the sending end, the reader, the gate)."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     inner = LingeringPaho(ours)
     inner.gate = ReadGate(inner, lambda exc: None, lambda: None, linger=linger, small=small, **bounds)
-    asyncio.get_running_loop().add_reader(ours.fileno(), inner.loop_read)  # as aiomqtt registers it
-    return ours, theirs, inner, inner.gate
+    loop = asyncio.get_running_loop()
+    loop.add_reader(ours.fileno(), inner.loop_read)  # as aiomqtt registers it
+    try:
+        yield theirs, inner, inner.gate
+    finally:
+        loop.remove_reader(ours.fileno())
+        ours.close()
+        theirs.close()
 
 
 async def test_a_small_read_lingers_and_the_next_read_takes_what_arrived_meanwhile() -> None:
-    ours, theirs, inner, _ = lingering(0.5, small=25)
-    try:
+    with lingering(0.5, small=25) as (theirs, inner, _):
         theirs.send(b"x" * 10)
         await asyncio.sleep(0.05)
         assert inner.got == [10]  # small: reads are off for 0.5 s
@@ -146,15 +155,10 @@ async def test_a_small_read_lingers_and_the_next_read_takes_what_arrived_meanwhi
         theirs.send(b"z" * 500)
         await asyncio.sleep(0.05)
         assert inner.got[2:] == [500, 500]
-    finally:
-        asyncio.get_running_loop().remove_reader(ours.fileno())
-        ours.close()
-        theirs.close()
 
 
 async def test_a_byte_bound_pause_outlasts_a_linger_and_its_resume_ends_one() -> None:
-    ours, theirs, inner, gate = lingering(0.05, high=100, low=40)
-    try:
+    with lingering(0.05, high=100, low=40) as (theirs, inner, gate):
         theirs.send(b"x")
         await asyncio.sleep(0.02)
         gate.added(120)  # paused by bytes while lingering
@@ -162,42 +166,29 @@ async def test_a_byte_bound_pause_outlasts_a_linger_and_its_resume_ends_one() ->
         theirs.send(b"y")
         await asyncio.sleep(0.05)
         assert gate.paused and inner.got == [1]
+        assert inner._sock is not None
+        assert not asyncio.get_running_loop().remove_reader(inner._sock.fileno()), "not a reader while paused"
         gate.taken(80)  # resumed: reads at once
         await asyncio.sleep(0.02)
         assert not gate.paused and inner.got == [1, 1]
-        # a resume during a linger cancels it (long linger, quick resume)
-        slow_ours, slow_theirs, slow, slow_gate = lingering(10.0, high=100, low=40)
-        try:
-            slow_theirs.send(b"a")
-            await asyncio.sleep(0.02)
-            slow_gate.added(120)
-            slow_gate.taken(120)
-            slow_theirs.send(b"b")
-            await asyncio.sleep(0.05)
-            assert slow.got[:2] == [1, 1] and slow_gate._lingering is not None  # the new small read lingers anew
-        finally:
-            asyncio.get_running_loop().remove_reader(slow_ours.fileno())
-            slow_ours.close()
-            slow_theirs.close()
-    finally:
-        asyncio.get_running_loop().remove_reader(ours.fileno())
-        ours.close()
-        theirs.close()
+    with lingering(10.0, high=100, low=40) as (theirs, inner, gate):  # a resume during a long linger
+        theirs.send(b"a")
+        await asyncio.sleep(0.02)
+        gate.added(120)
+        gate.taken(120)
+        theirs.send(b"b")
+        await asyncio.sleep(0.05)
+        assert inner.got[:2] == [1, 1] and gate._lingering is not None  # the new small read lingers anew
 
 
 async def test_a_connection_that_ended_while_lingering_is_not_read_again() -> None:
-    ours, theirs, inner, _ = lingering(0.05)
-    try:
+    with lingering(0.05) as (theirs, inner, _):
         theirs.send(b"x")
         await asyncio.sleep(0.02)
         inner._sock = None  # paho closed it
         theirs.send(b"y")
         await asyncio.sleep(0.08)
         assert inner.got == [1]
-    finally:
-        asyncio.get_running_loop().remove_reader(ours.fileno())
-        ours.close()
-        theirs.close()
 
 
 def test_linger_is_checked() -> None:
