@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 SINGLES_CHUNK = 64
 """Messages decoded together by `Decoder.decode_singles`: a message that is not plainly valid
 sends only its chunk the message-by-message way."""
-_payload, _device_id = attrgetter("payload"), attrgetter("device_id")
+_payload, _device_id, _client_id = attrgetter("payload"), attrgetter("device_id"), attrgetter("client_id")
 
 READING_MEMORY = 600
 """Bytes a decoded `Reading` holds beyond its share of the payload (objects, dicts, strings),
@@ -77,10 +77,11 @@ async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Fu
     held: list[asyncio.Future[None]] = []
     valid = n_readings = 0
     meta, detector, own = gw.processors.meta, gw.processors.detector, gw._own_clients
-    plain = not own and not (meta and detector is not None)  # no message needs a way of its own
+    plain = not (meta and detector is not None)  # else a metadata message needs a way of its own
     for start in range(0, len(raws), SINGLES_CHUNK):
         chunk = raws[start : start + SINGLES_CHUNK]
-        singles = gw.decoder.decode_singles(chunk) if plain and gw.guard.passes_all(chunk) else None
+        ours = own and not own.isdisjoint(map(_client_id, chunk))  # publishes of our own forwarders
+        singles = gw.decoder.decode_singles(chunk) if plain and not ours and gw.guard.passes_all(chunk) else None
         if singles is not None:  # one plainly valid reading per message: as decode would give them
             sizes = map(add, map(len, map(_payload, chunk)), repeat(READING_MEMORY))
             readings += map(OutgoingMessage, singles, sizes, map(_device_id, singles))

@@ -102,3 +102,20 @@ async def test_chunks_decoded_together_hand_over_what_one_by_one_does(
     assert len(bus.topics[TELEMETRY_TOPIC]) == len(raws) - 2
     assert [d.data.code for d in bus.topics[DEADLETTER_TOPIC]] == ["malformed_json", "wrong_type"]
     assert counts(together) == counts(alone) == (len(raws) - 2, len(raws) - 2, {"malformed_json": 1, "wrong_type": 1})
+
+
+async def test_publishes_of_our_own_forwarders_are_skipped_and_only_their_chunk_goes_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, bus = gateway(tmp_path)
+    gw._own_clients = {"our-forwarder"}
+    raws = [r for r in messages() if b'"warm"' not in r.payload and r.payload.endswith(b"}")]
+    raws[3] = RawMessage(raws[3].topic, raws[3].payload, received_ns=raws[3].received_ns, client_id="our-forwarder")
+    for raw in raws:
+        gw.decoder.decode(raw)
+    calls: list[bool] = []
+    decode_singles = gw.decoder.decode_singles
+    monkeypatch.setattr(gw.decoder, "decode_singles", lambda chunk: calls.append(True) or decode_singles(chunk))
+    await (await hand_over_batch(gw, raws))
+    assert len(calls) == len(range(0, len(raws), SINGLES_CHUNK)) - 1  # not for the chunk holding it
+    assert len(bus.topics[TELEMETRY_TOPIC]) == len(raws) - 1  # the forwarder's publish is no telemetry
