@@ -48,7 +48,8 @@ def open_client(
     on_read: Callable[[int], None] | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt client (not connected) with manual acks, whose publishes go to `on_publish`;
-    `on_read(n)`, if given, is told the size of every socket read, after its publishes."""
+    `on_read(n)`, if given, is told the size of every socket read that completes a packet,
+    after its publishes (a read that only continues a packet is not reported)."""
     c = config
     v5 = c.protocol == "5"
     properties = None
