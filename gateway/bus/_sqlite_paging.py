@@ -8,7 +8,10 @@ the disk list, oldest first, up to the window's room, and has the writer thread 
 after its next commit (so everything published before is committed by then). When they
 arrive, `_paged` moves them into the window, in sequence order: every message in the window
 is older than every one on disk, so publish order and each ordering key's order hold across
-pages. At most one read per subscription is under way.
+pages. Mostly one read per subscription is under way; when drops (`full_policy:
+drop_oldest`) settle every message of a read under way, the next may start before it ends.
+Reads end in the order they started, and each moves in only those of its own messages still
+taken.
 
 A read that arrives after a seek of its subscription (`generation` changed) or after the bus
 closed is ignored; messages dropped meanwhile (`full_policy: drop_oldest`) are skipped. A

@@ -26,6 +26,7 @@ import bisect
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
+from operator import eq
 from typing import Any
 
 from gateway.bus._queue import DeliveryQueue, Exhausted, Held
@@ -131,7 +132,8 @@ class DurableSubscription(Subscription):
         if (
             not self.restored_retries
             and self.restored_hw < seqs[0]
-            and len(disk.taken) == len(seqs)  # none dropped while they were read
+            and len(disk.taken) == len(seqs)  # none dropped while they were read, and no other read
+            and all(map(eq, disk.taken, seqs))  # under way (drops can empty `taken` and let one start)
             and sum(len(r.data) for r in runs) == len(seqs)  # none lost
         ):
             disk.all_arrived()
