@@ -86,6 +86,9 @@ class Gateway:
         self.reloader = None if config_path is None else ConfigReloader(
             config_path, settings, self.processors.engine, self.processors.detector, sinks, self.metrics
         )  # fmt: skip
+        self.telemetry_unordered = not any(  # readings of several devices may share a bus message (ingest)
+            sub.ordering for sub in settings.bus.subscriptions.values() if sub.topic == TELEMETRY_TOPIC
+        )
         self._own_clients = {  # the gateway's MQTT forwarders: their publishes are not telemetry
             s.effective_client_id for s in settings.sinks.values() if isinstance(s, MQTTPublishSinkConfig)
         }

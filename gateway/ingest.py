@@ -15,6 +15,10 @@ what precedes it was published, so the order of the batch is kept.
 once the batch's messages are handed to the bus (`Bus.hand_over`: held, in call order) with a
 future that resolves when `handle_batch` would have returned, or fails with its error. So the
 next batch can be decoded and handed over, in order, while this one commits.
+
+Bus messages: a publish's readings are one message per device run (`telemetry_messages`).
+A chunk of plainly valid single-reading publishes (`SINGLES_CHUNK`) is one message of
+several devices (`singles_message`) unless a telemetry subscription orders by key.
 """
 
 from __future__ import annotations
@@ -65,6 +69,20 @@ def telemetry_messages(readings: list[Reading], payload_size: int) -> list[Outgo
     return out
 
 
+def singles_message(singles: list[Reading], chunk: Sequence[RawMessage]) -> OutgoingMessage:
+    """One bus message for the readings of a chunk of single-reading publishes (`chunk[i]`
+    gave `singles[i]`), which may be of several devices: a `ReadingBatch` without an ordering key.
+
+    Bus bookkeeping (encoding, the durable log's record, lease, ack, paging) is then paid once
+    per chunk instead of once per publish: about a sixth of the gateway's CPU per single
+    reading. Only for a telemetry topic none of whose subscriptions orders by key
+    (`Gateway.telemetry_unordered`): an ordered subscription needs one message per device.
+    Its `size` is what the chunk's messages would have counted one by one.
+    """
+    size = sum(map(len, map(_payload, chunk))) + READING_MEMORY * len(singles)
+    return OutgoingMessage(ReadingBatch(singles), size)
+
+
 async def handle_batch(gw: Gateway, raws: Sequence[RawMessage]) -> None:
     """Decode `raws` and put their readings and dead letters on the bus (see the module docstring)."""
     await (await hand_over_batch(gw, raws))
@@ -83,8 +101,11 @@ async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Fu
         ours = own and not own.isdisjoint(map(_client_id, chunk))  # publishes of our own forwarders
         singles = gw.decoder.decode_singles(chunk) if plain and not ours and gw.guard.passes_all(chunk) else None
         if singles is not None:  # one plainly valid reading per message: as decode would give them
-            sizes = map(add, map(len, map(_payload, chunk)), repeat(READING_MEMORY))
-            readings += map(OutgoingMessage, singles, sizes, map(_device_id, singles))
+            if gw.telemetry_unordered:  # the chunk as one bus message (see `singles_message`)
+                readings.append(singles_message(singles, chunk))
+            else:
+                sizes = map(add, map(len, map(_payload, chunk)), repeat(READING_MEMORY))
+                readings += map(OutgoingMessage, singles, sizes, map(_device_id, singles))
             valid += len(singles)
             n_readings += len(singles)
             continue

@@ -60,12 +60,14 @@ class Reading:
 
 @dataclass(slots=True)
 class ReadingBatch:
-    """Several readings of one device, from one publish, carried as one bus message.
+    """Several readings carried as one bus message: those of one device from one publish, or
+    those of several single-reading publishes of any devices (`gateway.ingest.singles_message`).
 
-    Bus bookkeeping (lease, ack, durable append and paging) is then paid once per publish
-    instead of once per reading. Guarantee: `readings` is not empty and every reading of it
-    has the same `device_id` (the message's ordering key), in publish order. The bus acks or
-    dead-letters the batch as a whole; a sink still settles each reading on its own.
+    Bus bookkeeping (lease, ack, durable append and paging) is then paid once per message
+    instead of once per reading. Guarantee: `readings` is not empty and in receive order. A
+    message with an ordering key holds readings of that device only; one of several devices
+    has no ordering key, and is made only for topics no ordered subscription reads. The bus
+    acks or dead-letters the batch as a whole; a sink still settles each reading on its own.
     """
 
     readings: list[Reading]
@@ -127,7 +129,8 @@ def dead_letter_for(data: object, reason: str, source: str, attempts: int = 0) -
 
     A `DeadLetter` is returned with the new reason appended; a `Reading` is serialised to
     JSON as its payload (topic `reading/<measurement>/<device_id>`), a `ReadingBatch` to a
-    JSON array of such objects (topic `reading/<measurement of the first>/<device_id>`);
+    JSON array of such objects (topic `reading/<measurement of the first>/<device_id>`, with
+    `+` for the device when its readings are of several; each object's tags name its device);
     anything else is serialised with orjson's default rules.
     """
     import orjson
@@ -149,8 +152,9 @@ def dead_letter_for(data: object, reason: str, source: str, attempts: int = 0) -
             {"measurement": r.measurement, "tags": r.tags, "fields": r.fields, "time_ns": r.time_ns} for r in readings
         ]
         first = readings[0]
+        device = first.device_id if all(r.device_id == first.device_id for r in readings) else "+"
         return DeadLetter(
-            topic=f"reading/{first.measurement}/{first.device_id}",
+            topic=f"reading/{first.measurement}/{device}",
             payload=orjson.dumps(points if isinstance(data, ReadingBatch) else points[0]),
             reason=reason,
             source=source,

@@ -19,9 +19,9 @@ import pytest
 from gateway.bus import codec
 from gateway.bus.memory import MemoryBus
 from gateway.core.bus import OutgoingMessage, SubscriptionConfig
-from gateway.core.message import DeadLetter, Reading, ReadingBatch, dead_letter_for
+from gateway.core.message import DeadLetter, RawMessage, Reading, ReadingBatch, dead_letter_for
 from gateway.core.sink import WriteResult
-from gateway.ingest import READING_MEMORY, telemetry_messages
+from gateway.ingest import READING_MEMORY, singles_message, telemetry_messages
 from tests.unit.test_sink_runner import MS, FakeBus, FakeSink, make_runner, readings, running, value, wait_until
 
 
@@ -52,6 +52,14 @@ def test_mixed_devices_are_cut_into_runs_in_publish_order() -> None:
     assert isinstance(out[0].data, ReadingBatch) and out[0].data.readings == rs[:2]
     assert out[1].data is rs[2] and out[2].data is rs[3]
     assert [m.size for m in out] == [200 + 2 * READING_MEMORY, 100 + READING_MEMORY, 100 + READING_MEMORY]
+
+
+def test_single_reading_publishes_of_several_devices_become_one_unkeyed_message() -> None:
+    rs = [reading("a", 0), reading("b", 1), reading("a", 2)]
+    raws = [RawMessage(f"devices/{r.device_id}/telemetry", b"x" * (100 + i)) for i, r in enumerate(rs)]
+    m = singles_message(rs, raws)
+    assert isinstance(m.data, ReadingBatch) and m.data.readings == rs and m.ordering_key is None
+    assert m.size == 303 + 3 * READING_MEMORY  # what the three would have counted one by one
 
 
 # -- the codec ----------------------------------------------------------------------------------
@@ -142,6 +150,12 @@ def test_bytes_that_are_no_batch_are_refused_on_decode(blob: bytes) -> None:
         codec.decode(blob)
 
 
+def test_a_batch_of_several_devices_round_trips() -> None:
+    batch = ReadingBatch([reading("a", 0), reading("b", 1, t=2, ok=True), reading("a", 2)])
+    blob = codec.encode(batch)
+    assert blob[:1] == b"B" and codec.decode(blob) == batch
+
+
 def test_encode_many_mixes_batches_and_readings() -> None:
     items: list[object] = [reading("a", 0), ReadingBatch([reading("b", 1), reading("b", 2)]), reading("c", 3)]
     assert [codec.decode(b) for b in codec.encode_many(items)] == items
@@ -155,6 +169,13 @@ def test_a_batch_dead_letter_keeps_every_reading() -> None:
     letter = dead_letter_for(batch, "5 attempts", source="subscription:tsdb", attempts=5)
     assert letter.topic == "reading/env/d1" and letter.received_ns == 2_000 and letter.attempts == 5
     assert [p["time_ns"] for p in orjson.loads(letter.payload)] == [1_000, 1_001]
+
+
+def test_a_dead_letter_of_several_devices_names_none_of_them_in_its_topic_but_each_in_its_tags() -> None:
+    batch = ReadingBatch([reading("d1", 0), reading("d2", 1)])
+    letter = dead_letter_for(batch, "5 attempts", source="subscription:tsdb", attempts=5)
+    assert letter.topic == "reading/env/+"
+    assert [p["tags"]["device_id"] for p in orjson.loads(letter.payload)] == ["d1", "d2"]
 
 
 # -- the sink runner ----------------------------------------------------------------------------
@@ -187,6 +208,19 @@ async def test_a_refused_reading_is_dead_lettered_alone_and_the_rest_of_its_batc
     assert orjson.loads(letter.payload)["time_ns"] == batch.readings[1].time_ns
     assert value(metrics, "gateway_sink_written_total") == 2
     assert value(metrics, "gateway_sink_failed_total") == 1
+
+
+async def test_a_refused_reading_of_a_batch_of_several_devices_is_dead_lettered_under_its_own_device() -> None:
+    batch = ReadingBatch([*readings(2, "d1"), *readings(1, "d2")])
+    sink = FakeSink(script=[WriteResult(accepted=[0, 1], rejected={2: "field 'v' out of range"})])
+    bus = FakeBus()
+    runner, metrics = make_runner(sink, bus)
+    [mid] = bus.add_batch([batch])
+    async with running(runner):
+        await wait_until(lambda: bus.acked == [mid])
+    [letter] = [m.data for m in bus.published["deadletter"]]
+    assert letter.topic == f"reading/{batch.readings[2].measurement}/d2"
+    assert value(metrics, "gateway_sink_written_total") == 2
 
 
 async def test_a_batch_is_not_acked_while_one_of_its_readings_is_retried() -> None:
