@@ -20,6 +20,7 @@ from gateway.bus import codec
 from gateway.bus.memory import MemoryBus
 from gateway.core.bus import OutgoingMessage, SubscriptionConfig
 from gateway.core.message import DeadLetter, RawMessage, Reading, ReadingBatch, dead_letter_for
+from gateway.core.metrics import Metrics
 from gateway.core.sink import WriteResult
 from gateway.ingest import READING_MEMORY, singles_message, telemetry_messages
 from tests.unit.test_sink_runner import MS, FakeBus, FakeSink, make_runner, readings, running, value, wait_until
@@ -195,9 +196,11 @@ async def test_the_sink_sees_the_readings_and_the_message_is_acked_once() -> Non
     assert metrics.registry.get_sample_value("gateway_ingest_to_stored_seconds_count", {"sink": "fake"}) == 5
 
 
-async def test_a_refused_reading_is_dead_lettered_alone_and_the_rest_of_its_batch_stored() -> None:
-    batch = ReadingBatch(readings(3, "d1"))
-    sink = FakeSink(script=[WriteResult(accepted=[0, 2], rejected={1: "field 'v' out of range"})])
+async def refuse_one(batch: ReadingBatch, refused: int) -> tuple[DeadLetter, Metrics]:
+    """Run `batch` through a runner whose sink refuses reading `refused` and takes the rest;
+    return the one dead letter (once the batch is acked) and the runner's metrics."""
+    accepted = [i for i in range(len(batch.readings)) if i != refused]
+    sink = FakeSink(script=[WriteResult(accepted=accepted, rejected={refused: "field 'v' out of range"})])
     bus = FakeBus()
     runner, metrics = make_runner(sink, bus)
     [mid] = bus.add_batch([batch])
@@ -205,6 +208,12 @@ async def test_a_refused_reading_is_dead_lettered_alone_and_the_rest_of_its_batc
         await wait_until(lambda: bus.acked == [mid])
     [letter] = [m.data for m in bus.published["deadletter"]]
     assert isinstance(letter, DeadLetter) and letter.reason == "field 'v' out of range"
+    return letter, metrics
+
+
+async def test_a_refused_reading_is_dead_lettered_alone_and_the_rest_of_its_batch_stored() -> None:
+    batch = ReadingBatch(readings(3, "d1"))
+    letter, metrics = await refuse_one(batch, 1)
     assert orjson.loads(letter.payload)["time_ns"] == batch.readings[1].time_ns
     assert value(metrics, "gateway_sink_written_total") == 2
     assert value(metrics, "gateway_sink_failed_total") == 1
@@ -212,13 +221,7 @@ async def test_a_refused_reading_is_dead_lettered_alone_and_the_rest_of_its_batc
 
 async def test_a_refused_reading_of_a_batch_of_several_devices_is_dead_lettered_under_its_own_device() -> None:
     batch = ReadingBatch([*readings(2, "d1"), *readings(1, "d2")])
-    sink = FakeSink(script=[WriteResult(accepted=[0, 1], rejected={2: "field 'v' out of range"})])
-    bus = FakeBus()
-    runner, metrics = make_runner(sink, bus)
-    [mid] = bus.add_batch([batch])
-    async with running(runner):
-        await wait_until(lambda: bus.acked == [mid])
-    [letter] = [m.data for m in bus.published["deadletter"]]
+    letter, metrics = await refuse_one(batch, 2)
     assert letter.topic == f"reading/{batch.readings[2].measurement}/d2"
     assert value(metrics, "gateway_sink_written_total") == 2
 
