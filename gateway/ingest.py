@@ -18,7 +18,7 @@ next batch can be decoded and handed over, in order, while this one commits.
 
 Bus messages: a publish's readings are one message per device run (`telemetry_messages`).
 A chunk of plainly valid single-reading publishes (`SINGLES_CHUNK`) is one message of
-several devices (`singles_message`) unless a telemetry subscription orders by key.
+several devices (`singles_messages`) unless a telemetry subscription orders by key.
 """
 
 from __future__ import annotations
@@ -69,18 +69,21 @@ def telemetry_messages(readings: list[Reading], payload_size: int) -> list[Outgo
     return out
 
 
-def singles_message(singles: list[Reading], chunk: Sequence[RawMessage]) -> OutgoingMessage:
-    """One bus message for the readings of a chunk of single-reading publishes (`chunk[i]`
-    gave `singles[i]`), which may be of several devices: a `ReadingBatch` without an ordering key.
+def singles_messages(singles: list[Reading], chunk: Sequence[RawMessage], shared: bool) -> list[OutgoingMessage]:
+    """The bus messages for the readings of a chunk of single-reading publishes (`chunk[i]`
+    gave `singles[i]`), which may be of several devices.
 
-    Bus bookkeeping (encoding, the durable log's record, lease, ack, paging) is then paid once
-    per chunk instead of once per publish: a sixth to a quarter of the gateway's CPU per
-    single reading. Only for a telemetry topic none of whose subscriptions orders by key
-    (`Gateway.telemetry_unordered`): an ordered subscription needs one message per device.
-    Its `size` is what the chunk's messages would have counted one by one.
+    `shared` (`Gateway.telemetry_unordered`: no telemetry subscription orders by key): one
+    `ReadingBatch` message without an ordering key, so bus bookkeeping (encoding, the durable
+    log's record, lease, ack, paging) is paid once per chunk instead of once per publish: a
+    sixth to a quarter of the gateway's CPU per single reading. Else one message per publish,
+    keyed by its device, as an ordered subscription needs. Either way the sizes are what the
+    chunk's messages count one by one (`telemetry_messages`).
     """
-    size = sum(map(len, map(_payload, chunk))) + READING_MEMORY * len(singles)
-    return OutgoingMessage(ReadingBatch(singles), size)
+    sizes = list(map(add, map(len, map(_payload, chunk)), repeat(READING_MEMORY)))
+    if shared:
+        return [OutgoingMessage(ReadingBatch(singles), sum(sizes))]
+    return list(map(OutgoingMessage, singles, sizes, map(_device_id, singles)))
 
 
 async def handle_batch(gw: Gateway, raws: Sequence[RawMessage]) -> None:
@@ -101,11 +104,7 @@ async def hand_over_batch(gw: Gateway, raws: Sequence[RawMessage]) -> asyncio.Fu
         ours = own and not own.isdisjoint(map(_client_id, chunk))  # publishes of our own forwarders
         singles = gw.decoder.decode_singles(chunk) if plain and not ours and gw.guard.passes_all(chunk) else None
         if singles is not None:  # one plainly valid reading per message: as decode would give them
-            if gw.telemetry_unordered:  # the chunk as one bus message (see `singles_message`)
-                readings.append(singles_message(singles, chunk))
-            else:
-                sizes = map(add, map(len, map(_payload, chunk)), repeat(READING_MEMORY))
-                readings += map(OutgoingMessage, singles, sizes, map(_device_id, singles))
+            readings += singles_messages(singles, chunk, gw.telemetry_unordered)
             valid += len(singles)
             n_readings += len(singles)
             continue

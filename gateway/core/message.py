@@ -61,7 +61,7 @@ class Reading:
 @dataclass(slots=True)
 class ReadingBatch:
     """Several readings carried as one bus message: those of one device from one publish, or
-    those of several single-reading publishes of any devices (`gateway.ingest.singles_message`).
+    those of several single-reading publishes of any devices (`gateway.ingest.singles_messages`).
 
     Bus bookkeeping (lease, ack, durable append and paging) is then paid once per message
     instead of once per reading. Guarantee: `readings` is not empty and in receive order. A

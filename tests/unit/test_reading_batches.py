@@ -22,7 +22,7 @@ from gateway.core.bus import OutgoingMessage, SubscriptionConfig
 from gateway.core.message import DeadLetter, RawMessage, Reading, ReadingBatch, dead_letter_for
 from gateway.core.metrics import Metrics
 from gateway.core.sink import WriteResult
-from gateway.ingest import READING_MEMORY, singles_message, telemetry_messages
+from gateway.ingest import READING_MEMORY, singles_messages, telemetry_messages
 from tests.unit.test_sink_runner import MS, FakeBus, FakeSink, make_runner, readings, running, value, wait_until
 
 
@@ -58,7 +58,7 @@ def test_mixed_devices_are_cut_into_runs_in_publish_order() -> None:
 def test_single_reading_publishes_of_several_devices_become_one_unkeyed_message() -> None:
     rs = [reading("a", 0), reading("b", 1), reading("a", 2)]
     raws = [RawMessage(f"devices/{r.device_id}/telemetry", b"x" * (100 + i)) for i, r in enumerate(rs)]
-    m = singles_message(rs, raws)
+    [m] = singles_messages(rs, raws, shared=True)
     assert isinstance(m.data, ReadingBatch) and m.data.readings == rs and m.ordering_key is None
     assert m.size == 303 + 3 * READING_MEMORY  # what the three would have counted one by one
 
